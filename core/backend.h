@@ -1,0 +1,99 @@
+// Backend: the one interface between the math of the layers and the hardware.
+//
+// Why this split: the layers, the model, the optimizer (and later the router and the
+// dispatcher) are written once against this interface; a backend (CPU: OpenBLAS + OpenMP,
+// CUDA: cuBLASLt + kernels) implements each op for its device. Ops are at the granularity of
+// llm.c's kernels (matmul, layernorm, attention, ...), coarse enough that each backend can
+// fuse and schedule as it likes, fine enough that a new layer rarely needs a new op.
+//
+// Conventions, shared by every backend:
+// - Row-major. Linear weights are [out, in] (y = x·Wᵀ + b), as in PyTorch's nn.Linear.
+// - Backward ops ACCUMULATE (+=) into every gradient they write, parameter or activation;
+//   the caller zeroes gradient buffers when a step starts. This makes residual branches and
+//   gradient accumulation free.
+// - Deterministic: no atomics in reductions; the same inputs and thread count give the
+//   same bits.
+// - Every op accepts F32 and F64 tensors (F64 is for finite-difference tests); token ids are I32.
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace mom {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  virtual void set_num_threads(int n) = 0;
+  virtual int num_threads() const = 0;
+
+  // ---- memory
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* p) = 0;
+  virtual void memset_zero(void* p, size_t bytes) = 0;
+  void zero(const Tensor& t) { memset_zero(t.data, t.bytes()); }
+  virtual void copy_from_host(const Tensor& dst, const void* src) = 0;
+  virtual void copy_to_host(void* dst, const Tensor& src) = 0;
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;  // same device
+  virtual void synchronize() {}
+
+  // ---- embedding: out[N,C] = wte[tokens[n]] + wpe[positions[n]], positions = n mod T + pos0
+  virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                                 int T, int pos0) = 0;
+  virtual void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
+                                  int T, int pos0) = 0;
+
+  // ---- linear: out[N,OC] = inp[N,IC]·weight[OC,IC]ᵀ + bias[OC] (bias may be empty)
+  virtual void matmul_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) = 0;
+  // dinp += dout·W, dweight += doutᵀ·inp, dbias += Σ_n dout (dinp/dweight/dbias may be empty)
+  virtual void matmul_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                               const Tensor& inp, const Tensor& weight) = 0;
+
+  // ---- layernorm over the last axis; mean and rstd [N] are saved for backward
+  virtual void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
+                                 const Tensor& weight, const Tensor& bias, double eps) = 0;
+  virtual void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                                  const Tensor& inp, const Tensor& weight, const Tensor& mean,
+                                  const Tensor& rstd) = 0;
+
+  // ---- GELU, tanh form
+  virtual void gelu_forward(const Tensor& out, const Tensor& inp) = 0;
+  virtual void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) = 0;
+
+  // ---- causal multi-head self-attention.
+  // qkv [B,T,3C] (q | k | v, heads contiguous inside each), out [B,T,C], probs [B,nh,T,T]
+  // (softmax saved for backward). dprobs is scratch of the shape of probs.
+  virtual void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qkv, int n_head) = 0;
+  virtual void attention_backward(const Tensor& dqkv, const Tensor& dprobs, const Tensor& dout, const Tensor& qkv,
+                                  const Tensor& probs, int n_head) = 0;
+
+  // ---- elementwise
+  virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;   // out = a + b
+  virtual void accumulate(const Tensor& dst, const Tensor& src) = 0;           // dst += src
+  virtual void scale(const Tensor& t, double factor) = 0;                      // t *= factor
+
+  // ---- tied head with softmax cross-entropy, fused and chunked so that the [N,V] logits
+  // never exist at once. losses[n] = -log softmax(x[n]·wteᵀ)[targets[n]].
+  // When dx/dwte are given, also dx += g·(p - onehot)·wte and dwte += (g·(p - onehot))ᵀ·x
+  // with g = grad_scale (the caller's 1/(tokens·accumulation steps)).
+  // scratch: [rows, V], rows ≥ 1; it bounds the chunk size.
+  virtual void xent_head(const Tensor& losses, const Tensor& dx, const Tensor& dwte, const Tensor& x,
+                         const Tensor& wte, const Tensor& targets, double grad_scale, const Tensor& scratch) = 0;
+
+  // ---- optimizer and norms
+  // AdamW with decoupled weight decay; t is the 1-based step for bias correction.
+  virtual void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr,
+                     double beta1, double beta2, double eps, double weight_decay, int64_t t) = 0;
+  // Σ t², accumulated in double in a fixed order.
+  virtual double sum_squares(const Tensor& t) = 0;
+};
+
+// The backend for a device ("cpu", "cuda"); throws UserError when that device is unavailable.
+Backend& backend_for(Device d);
+Device parse_device(const std::string& name);
+
+}  // namespace mom

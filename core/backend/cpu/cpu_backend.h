@@ -1,0 +1,69 @@
+// CpuBackend: fp32/fp64 kernels on the host, OpenBLAS for GEMMs and OpenMP for the rest.
+//
+// Each op's kernels live in the file named after the layer it serves (matmul.cpp,
+// layernorm.cpp, attention.cpp, ...), forward and backward side by side, as templates over
+// float and double. Reductions that feed results (bias and LayerNorm gradients, embedding
+// scatter, norms) are partitioned by columns or by fixed-size blocks, never by thread, so
+// results do not depend on the thread count either.
+#pragma once
+#include "core/backend.h"
+
+namespace mom {
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend();
+  Device device() const override { return Device::CPU; }
+  std::string name() const override { return "cpu (OpenBLAS + OpenMP)"; }
+  void set_num_threads(int n) override;
+  int num_threads() const override;
+
+  void* allocate(size_t bytes) override;
+  void release(void* p) override;
+  void memset_zero(void* p, size_t bytes) override;
+  void copy_from_host(const Tensor& dst, const void* src) override;
+  void copy_to_host(void* dst, const Tensor& src) override;
+  void copy(const Tensor& dst, const Tensor& src) override;
+
+  void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int T,
+                         int pos0) override;
+  void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens, int T,
+                          int pos0) override;
+  void matmul_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) override;
+  void matmul_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                       const Tensor& inp, const Tensor& weight) override;
+  void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
+                         const Tensor& weight, const Tensor& bias, double eps) override;
+  void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                          const Tensor& inp, const Tensor& weight, const Tensor& mean, const Tensor& rstd) override;
+  void gelu_forward(const Tensor& out, const Tensor& inp) override;
+  void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) override;
+  void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qkv, int n_head) override;
+  void attention_backward(const Tensor& dqkv, const Tensor& dprobs, const Tensor& dout, const Tensor& qkv,
+                          const Tensor& probs, int n_head) override;
+  void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
+  void accumulate(const Tensor& dst, const Tensor& src) override;
+  void scale(const Tensor& t, double factor) override;
+  void xent_head(const Tensor& losses, const Tensor& dx, const Tensor& dwte, const Tensor& x, const Tensor& wte,
+                 const Tensor& targets, double grad_scale, const Tensor& scratch) override;
+  void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
+             double beta2, double eps, double weight_decay, int64_t t) override;
+  double sum_squares(const Tensor& t) override;
+};
+
+namespace cpu {
+
+// Calls f(T{}) with T = float or double according to the tensor's dtype.
+template <class F> void dispatch_float(DType dtype, F&& f) {
+  if (dtype == DType::F32) f(float{});
+  else if (dtype == DType::F64) f(double{});
+  else throw std::logic_error("cpu backend: op needs an f32 or f64 tensor");
+}
+
+// Row-major GEMM: C = alpha·op(A)·op(B) + beta·C, op(A) [M,K], op(B) [K,N].
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+
+}  // namespace cpu
+}  // namespace mom

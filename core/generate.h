@@ -1,0 +1,24 @@
+// Autoregressive sampling from a Gpt2: temperature, top-k, a seed, and a stop token.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "core/gpt2.h"
+
+namespace mom {
+
+struct SampleOptions {
+  int max_new_tokens = 128;
+  double temperature = 1.0;  // 0: greedy
+  int top_k = 0;             // 0: the whole vocabulary
+  uint64_t seed = 1337;
+  int32_t stop_token = -1;   // e.g. <|endoftext|>; -1: none
+};
+
+// Returns the new tokens (the prompt not included). `on_token` sees each as it is made. When
+// the sequence outgrows the context, the model sees the newest n_ctx tokens.
+std::vector<int32_t> generate(Gpt2& model, const std::vector<int32_t>& prompt, const SampleOptions& opt,
+                              const std::function<void(int32_t)>& on_token = {});
+
+}  // namespace mom

@@ -1,0 +1,226 @@
+#include "core/gpt2.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "core/error.h"
+
+namespace mom {
+
+std::vector<ParamSpec> gpt2_param_specs(const Gpt2Config& c) {
+  const int64_t L = c.n_layer, C = c.n_embd, V = c.vocab_size;
+  const double std_ = 0.02, resid_std = 0.02 / std::sqrt(2.0 * c.n_layer);
+  return {
+      {"wte", Shape{V, C}, c.decay_embeddings, std_, 0},
+      {"wpe", Shape{c.n_ctx, C}, c.decay_embeddings, std_, 0},
+      {"blocks/ln1_weight", Shape{L, C}, false, 0, 1},
+      {"blocks/ln1_bias", Shape{L, C}, false, 0, 0},
+      {"blocks/attn_qkv_weight", Shape{L, 3 * C, C}, true, std_, 0},
+      {"blocks/attn_qkv_bias", Shape{L, 3 * C}, false, 0, 0},
+      {"blocks/attn_proj_weight", Shape{L, C, C}, true, resid_std, 0},
+      {"blocks/attn_proj_bias", Shape{L, C}, false, 0, 0},
+      {"blocks/ln2_weight", Shape{L, C}, false, 0, 1},
+      {"blocks/ln2_bias", Shape{L, C}, false, 0, 0},
+      {"blocks/mlp_fc_weight", Shape{L, 4 * C, C}, true, std_, 0},
+      {"blocks/mlp_fc_bias", Shape{L, 4 * C}, false, 0, 0},
+      {"blocks/mlp_proj_weight", Shape{L, C, 4 * C}, true, resid_std, 0},
+      {"blocks/mlp_proj_bias", Shape{L, C}, false, 0, 0},
+      {"ln_f_weight", Shape{C}, false, 0, 1},
+      {"ln_f_bias", Shape{C}, false, 0, 0},
+  };
+}
+
+// Everything forward keeps for backward, plus backward's shared scratch, for one (B, T).
+struct Gpt2::Activations {
+  int B = 0, T = 0;
+  std::unique_ptr<Arena> arena;
+  Tensor tokens, targets, losses;
+  Tensor encoded;                       // [N, C] embedding output = residual stream into layer 0
+  std::vector<Tensor> resid_mid;        // per layer [N, C]: x + attn
+  std::vector<Tensor> resid_out;        // per layer [N, C]: block output
+  std::vector<AttentionStash> attn;
+  std::vector<MlpStash> mlp;
+  Tensor lnf, lnf_mean, lnf_rstd;
+  // scratch
+  Tensor branch_out;                    // [N, C] a sub-layer's output before the residual add
+  Tensor head_scratch;                  // [rows, V]
+  Tensor dres;                          // [N, C] gradient of the residual stream
+  AttentionScratch attn_scratch;
+  MlpScratch mlp_scratch;
+};
+
+Gpt2::Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype) : cfg_(cfg), backend_(backend), dtype_(dtype) {
+  require(cfg.n_embd % cfg.n_head == 0, "model.n_embd (" + std::to_string(cfg.n_embd) +
+                                            ") must be divisible by model.n_head (" + std::to_string(cfg.n_head) + ")");
+  params_ = std::make_unique<ParameterStore>(backend, dtype, gpt2_param_specs(cfg));
+}
+
+Gpt2::~Gpt2() = default;
+
+void Gpt2::init_weights(uint64_t seed) { params_->initialize(seed); }
+
+AttentionWeights Gpt2::attn_weights(bool grads, int l) const {
+  auto get = [&](const char* name) { return grads ? params_->grad(name)[l] : params_->param(name)[l]; };
+  return {get("blocks/ln1_weight"),      get("blocks/ln1_bias"),        get("blocks/attn_qkv_weight"),
+          get("blocks/attn_qkv_bias"),   get("blocks/attn_proj_weight"), get("blocks/attn_proj_bias")};
+}
+
+MlpWeights Gpt2::mlp_weights(bool grads, int l) const {
+  auto get = [&](const char* name) { return grads ? params_->grad(name)[l] : params_->param(name)[l]; };
+  return {get("blocks/ln2_weight"),    get("blocks/ln2_bias"),       get("blocks/mlp_fc_weight"),
+          get("blocks/mlp_fc_bias"),   get("blocks/mlp_proj_weight"), get("blocks/mlp_proj_bias")};
+}
+
+void Gpt2::prepare(int B, int T) {
+  if (act_ && act_->B == B && act_->T == T) return;
+  require(T >= 1 && T <= cfg_.n_ctx, "sequence length " + std::to_string(T) + " exceeds the model's context (n_ctx " +
+                                         std::to_string(cfg_.n_ctx) + ")");
+  const int64_t N = static_cast<int64_t>(B) * T, C = cfg_.n_embd, L = cfg_.n_layer, nh = cfg_.n_head;
+  const int64_t V = cfg_.vocab_size;
+  // The head works through the logits in chunks of rows; 128 rows keep GEMMs efficient
+  // while the chunk stays a few percent of the model's memory.
+  const int64_t head_rows = std::min<int64_t>(N, 128);
+  const Shape NC{N, C}, N1{N}, N3C{N, 3 * C}, N4C{N, 4 * C}, P{B, nh, T, T};
+
+  // Two passes over one list of allocations: first to size the arena, then to carve it.
+  auto layout = [&](auto&& take, Activations* a) {
+    auto t = [&](Shape s, DType d = DType::F32) { return take(s, d); };
+    const DType f = dtype_;
+    Tensor tok = t(N1, DType::I32), tgt = t(N1, DType::I32);
+    Tensor losses = t(N1, f), enc = t(NC, f);
+    std::vector<Tensor> mid, out;
+    std::vector<AttentionStash> at;
+    std::vector<MlpStash> ml;
+    for (int64_t l = 0; l < L; ++l) {
+      at.push_back({t(NC, f), t(N1, f), t(N1, f), t(N3C, f), t(NC, f), t(P, f)});
+      mid.push_back(t(NC, f));
+      ml.push_back({t(NC, f), t(N1, f), t(N1, f), t(N4C, f), t(N4C, f)});
+      out.push_back(t(NC, f));
+    }
+    Tensor lnf = t(NC, f), lnf_mean = t(N1, f), lnf_rstd = t(N1, f);
+    const size_t saved_end = a ? a->arena->used() : 0;
+    Tensor branch = t(NC, f), head = t(Shape{head_rows, V}, f), dres = t(NC, f);
+    AttentionScratch as{t(NC, f), t(N3C, f), t(NC, f), t(P, f)};
+    MlpScratch ms{t(NC, f), t(N4C, f), t(N4C, f)};
+    if (a) {
+      a->tokens = tok, a->targets = tgt, a->losses = losses, a->encoded = enc;
+      a->resid_mid = std::move(mid), a->resid_out = std::move(out), a->attn = std::move(at), a->mlp = std::move(ml);
+      a->lnf = lnf, a->lnf_mean = lnf_mean, a->lnf_rstd = lnf_rstd;
+      a->branch_out = branch, a->head_scratch = head, a->dres = dres, a->attn_scratch = as, a->mlp_scratch = ms;
+      saved_bytes_ = saved_end;
+    }
+  };
+  ArenaPlan plan;
+  layout([&](Shape s, DType d) { plan.add(s, d); return Tensor{}; }, nullptr);
+  act_.reset();
+  auto a = std::make_unique<Activations>();
+  a->B = B, a->T = T;
+  a->arena = std::make_unique<Arena>(backend_, plan.bytes());
+  layout([&](Shape s, DType d) { return a->arena->alloc(s, d); }, a.get());
+  act_ = std::move(a);
+}
+
+size_t Gpt2::activation_bytes() const { return act_ ? act_->arena->used() : 0; }
+
+void Gpt2::run_forward(const int32_t* tokens, int B, int T) {
+  prepare(B, T);
+  Activations& a = *act_;
+  Backend& be = backend_;
+  be.copy_from_host(a.tokens, tokens);
+  be.embedding_forward(a.encoded, a.tokens, params_->param("wte"), params_->param("wpe"), T, 0);
+  const AttentionShape ash{B, T, cfg_.n_head, cfg_.ln_eps};
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const Tensor& x = l == 0 ? a.encoded : a.resid_out[l - 1];
+    attention_sublayer_forward(be, attn_weights(false, l), a.attn[l], x, a.branch_out, ash);
+    be.add(a.resid_mid[l], x, a.branch_out);
+    mlp_sublayer_forward(be, mlp_weights(false, l), a.mlp[l], a.resid_mid[l], a.branch_out, cfg_.ln_eps);
+    be.add(a.resid_out[l], a.resid_mid[l], a.branch_out);
+  }
+  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.resid_out[cfg_.n_layer - 1], params_->param("ln_f_weight"),
+                       params_->param("ln_f_bias"), cfg_.ln_eps);
+}
+
+namespace {
+double mean_loss(Backend& be, const Tensor& losses) {
+  const int64_t n = losses.numel();
+  double sum = 0;
+  if (losses.dtype == DType::F32) {
+    std::vector<float> h(static_cast<size_t>(n));
+    be.copy_to_host(h.data(), losses);
+    for (float x : h) sum += x;
+  } else {
+    std::vector<double> h(static_cast<size_t>(n));
+    be.copy_to_host(h.data(), losses);
+    for (double x : h) sum += x;
+  }
+  return sum / static_cast<double>(n);
+}
+}  // namespace
+
+double Gpt2::forward(const int32_t* tokens, const int32_t* targets, int B, int T) {
+  run_forward(tokens, B, T);
+  Activations& a = *act_;
+  backend_.copy_from_host(a.targets, targets);
+  backend_.xent_head(a.losses, Tensor{}, Tensor{}, a.lnf, params_->param("wte"), a.targets, 0.0, a.head_scratch);
+  return mean_loss(backend_, a.losses);
+}
+
+double Gpt2::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) {
+  run_forward(tokens, B, T);
+  Activations& a = *act_;
+  Backend& be = backend_;
+  ParameterStore& P = *params_;
+  be.copy_from_host(a.targets, targets);
+  // The head's backward runs inside its forward: dln_f lands in the attention scratch's dln.
+  Tensor dlnf = a.attn_scratch.dln;
+  be.zero(dlnf);
+  be.xent_head(a.losses, dlnf, P.grad("wte"), a.lnf, P.param("wte"), a.targets, grad_scale, a.head_scratch);
+  be.zero(a.dres);
+  be.layernorm_backward(a.dres, P.grad("ln_f_weight"), P.grad("ln_f_bias"), dlnf, a.resid_out[cfg_.n_layer - 1],
+                        P.param("ln_f_weight"), a.lnf_mean, a.lnf_rstd);
+  const AttentionShape ash{B, T, cfg_.n_head, cfg_.ln_eps};
+  // a.dres carries ∂L/∂(residual stream) downwards: each sub-layer adds its branch's
+  // contribution to it in place (the residual's identity path is the value already there).
+  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+    const Tensor& x = l == 0 ? a.encoded : a.resid_out[l - 1];
+    mlp_sublayer_backward(be, mlp_weights(false, l), mlp_weights(true, l), a.mlp[l], a.mlp_scratch, a.resid_mid[l],
+                          a.dres, a.dres);
+    attention_sublayer_backward(be, attn_weights(false, l), attn_weights(true, l), a.attn[l], a.attn_scratch, x,
+                                a.dres, a.dres, ash);
+  }
+  be.embedding_backward(P.grad("wte"), P.grad("wpe"), a.dres, a.tokens, T, 0);
+  return mean_loss(be, a.losses);
+}
+
+void Gpt2::logits(const int32_t* tokens, int B, int T, std::vector<double>& out) {
+  run_forward(tokens, B, T);
+  const int64_t N = static_cast<int64_t>(B) * T, V = cfg_.vocab_size;
+  ArenaPlan plan;
+  plan.add(Shape{N, V}, dtype_);
+  Arena arena(backend_, plan.bytes());
+  Tensor lg = arena.alloc(Shape{N, V}, dtype_);
+  backend_.matmul_forward(lg, act_->lnf, params_->param("wte"), Tensor{});
+  out.resize(static_cast<size_t>(N * V));
+  if (dtype_ == DType::F64) {
+    backend_.copy_to_host(out.data(), lg);
+  } else {
+    std::vector<float> h(static_cast<size_t>(N * V));
+    backend_.copy_to_host(h.data(), lg);
+    for (size_t i = 0; i < h.size(); ++i) out[i] = h[i];
+  }
+}
+
+void Gpt2::last_logits(const int32_t* tokens, int T, std::vector<float>& out) {
+  require(dtype_ == DType::F32, "last_logits needs an f32 model");
+  run_forward(tokens, 1, T);
+  const int64_t V = cfg_.vocab_size;
+  ArenaPlan plan;
+  plan.add(Shape{1, V}, dtype_);
+  Arena arena(backend_, plan.bytes());
+  Tensor lg = arena.alloc(Shape{1, V}, dtype_);
+  backend_.matmul_forward(lg, act_->lnf.rows(T - 1, T), params_->param("wte"), Tensor{});
+  out.resize(static_cast<size_t>(V));
+  backend_.copy_to_host(out.data(), lg);
+}
+
+}  // namespace mom

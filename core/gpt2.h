@@ -1,0 +1,74 @@
+// Gpt2: the dense GPT-2 model (MODELS.md §1) on any backend.
+//
+// Parameters are stacked along a leading layer axis ("blocks/attn_qkv_weight" is
+// [L, 3C, C]); that axis becomes the module axis of MoM/MoE pools later, and is the axis a
+// checkpoint is sharded along. Activations are planned once per batch geometry in one arena.
+// Training runs forward and the head's backward in one pass (the fused, chunked
+// cross-entropy never holds the full [B·T, V] logits), then the blocks' backward.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/layers/attention_sublayer.h"
+#include "core/layers/mlp_sublayer.h"
+#include "core/params.h"
+
+namespace mom {
+
+struct Gpt2Config {
+  int vocab_size = 50257;
+  int n_ctx = 1024;    // context length, rows of wpe
+  int n_layer = 12;
+  int n_head = 12;
+  int n_embd = 768;
+  double ln_eps = 1e-5;
+  bool decay_embeddings = false;  // weight decay on wte/wpe (matrices always decay; biases and norms never)
+};
+
+class Gpt2 {
+ public:
+  Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype = DType::F32);
+  ~Gpt2();
+  const Gpt2Config& config() const { return cfg_; }
+  ParameterStore& params() { return *params_; }
+  const ParameterStore& params() const { return *params_; }
+  Backend& backend() const { return backend_; }
+
+  // GPT-2 initialisation (MODELS.md §1), deterministic in `seed`.
+  void init_weights(uint64_t seed);
+
+  // Mean cross-entropy over the B·T targets; no gradients.
+  double forward(const int32_t* tokens, const int32_t* targets, int B, int T);
+  // Same loss, and accumulates ∂(grad_scale·Σ losses)/∂θ into the gradient buffer. Pass
+  // grad_scale = 1/(B·T·accumulation_steps) for the gradient of the mean loss.
+  double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale);
+  // Full logits [B·T, V] into host memory (tests and small models); as float or double.
+  void logits(const int32_t* tokens, int B, int T, std::vector<double>& out);
+  // Logits of the last position only [V], for generation.
+  void last_logits(const int32_t* tokens, int T, std::vector<float>& out);
+
+  // Bytes held by activations for the current batch geometry (saved for backward + scratch).
+  size_t activation_bytes() const;
+  size_t saved_activation_bytes() const { return saved_bytes_; }
+
+ private:
+  struct Activations;
+  void prepare(int B, int T);
+  void run_forward(const int32_t* tokens, int B, int T);
+  AttentionWeights attn_weights(bool grads, int layer) const;
+  MlpWeights mlp_weights(bool grads, int layer) const;
+
+  Gpt2Config cfg_;
+  Backend& backend_;
+  DType dtype_;
+  std::unique_ptr<ParameterStore> params_;
+  std::unique_ptr<Activations> act_;
+  size_t saved_bytes_ = 0;
+};
+
+std::vector<ParamSpec> gpt2_param_specs(const Gpt2Config& cfg);
+
+}  // namespace mom

@@ -1,0 +1,15 @@
+// Each `mom` subcommand registers itself on the CLI11 app; main.cpp only wires them up and
+// turns exceptions into exit codes.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace mom::jobs {
+
+void add_data_command(CLI::App& app);
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_ckpt_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
+
+}  // namespace mom::jobs

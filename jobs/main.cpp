@@ -1,0 +1,32 @@
+// mom: the one command line for data preparation, training, evaluation, sampling and
+// checkpoint inspection. Exit status: 0 success, 1 usage error, 2 a user-caused error
+// (bad config, missing or corrupt file; the message says what and how to fix it), 3 a bug.
+#include <cstdio>
+#include <exception>
+
+#include "core/error.h"
+#include "jobs/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"mom: train modular transformers (dense GPT-2, MoM, MoE) on CPU and GPU", "mom"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "mom 0.1.0");
+  mom::jobs::add_data_command(app);
+  mom::jobs::add_train_command(app);
+  mom::jobs::add_eval_command(app);
+  mom::jobs::add_generate_command(app);
+  mom::jobs::add_ckpt_command(app);
+  mom::jobs::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const mom::UserError& e) {
+    std::fprintf(stderr, "mom: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mom: internal error: %s\n", e.what());
+    return 3;
+  }
+  return 0;
+}

@@ -1,0 +1,2 @@
+// Communicator interface implementations: SoloCommunicator is header-only.
+#include "parallel/communicator.h"

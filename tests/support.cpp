@@ -1,0 +1,73 @@
+#include "tests/support.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace mom::test {
+
+RunResult run(const std::string& command) {
+  RunResult r;
+  const std::string full = "(" + command + ") 2>&1";
+  FILE* pipe = popen(full.c_str(), "r");
+  if (!pipe) throw std::runtime_error("popen failed for: " + command);
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  else if (WIFSIGNALED(status)) r.exit_code = 128 + WTERMSIG(status);
+  return r;
+}
+
+RunResult run_mom(const std::string& args) { return run(shell_quote(mom_binary()) + " " + args); }
+
+std::string source_dir() { return MOM_SOURCE_DIR; }
+std::string mom_binary() { return MOM_BINARY; }
+std::string reference_python() { return "/usr/bin/python3"; }
+
+ScratchDir::ScratchDir(const std::string& label) {
+  const auto base = std::filesystem::path(MOM_BUILD_DIR) / "test-scratch";
+  std::filesystem::create_directories(base);
+  std::string templ = (base / (label + "-XXXXXX")).string();
+  if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed under " + base.string());
+  path_ = templ;
+}
+
+ScratchDir::~ScratchDir() {
+  if (!std::getenv("MOM_KEEP_TMP")) {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+}
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + p.string());
+  std::ostringstream os;
+  os << in.rdbuf();
+  return os.str();
+}
+
+void write_file(const std::filesystem::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  if (!out) throw std::runtime_error("cannot write " + p.string());
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) {
+    if (c == '\'') q += "'\\''";
+    else q += c;
+  }
+  return q + "'";
+}
+
+}  // namespace mom::test

@@ -1,0 +1,43 @@
+// Shared helpers for the tests: scratch folders, running the `mom` binary and other
+// programs (python3 with torch, node), and reading files.
+#pragma once
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace mom::test {
+
+struct RunResult {
+  int exit_code = -1;   // the process's exit status, or 128+signal when killed
+  std::string output;   // stdout and stderr together
+};
+
+// Runs `command` through /bin/sh, capturing stdout+stderr.
+RunResult run(const std::string& command);
+// Runs the built `mom` binary with `args` (already shell-quoted where needed).
+RunResult run_mom(const std::string& args);
+
+std::string source_dir();   // repository root
+std::string mom_binary();   // absolute path of the built `mom`
+// Debian's interpreter with torch and h5py (not the python3 first on PATH).
+std::string reference_python();
+
+// A fresh empty folder under the build tree, removed when the object goes away
+// (kept when MOM_KEEP_TMP is set, for debugging).
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& label);
+  ~ScratchDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::string read_file(const std::filesystem::path& p);
+void write_file(const std::filesystem::path& p, const std::string& bytes);
+// Single-quotes a string for /bin/sh.
+std::string shell_quote(const std::string& s);
+
+}  // namespace mom::test
