@@ -71,3 +71,22 @@ std::string shell_quote(const std::string& s) {
 }
 
 }  // namespace mom::test
+
+namespace mom::test {
+
+void prepare_tiny_corpus(const std::string& dir) {
+  const RunResult r = run_mom("data prepare --max-mb 0.3 --val-fraction 0.1 --out " + shell_quote(dir));
+  if (r.exit_code != 0) throw std::runtime_error("mom data prepare failed:\n" + r.output);
+}
+
+std::string tiny_config_json(const std::string& data_dir, const std::string& run_dir, const std::string& train_extra) {
+  std::string train = R"("batch_size": 4, "seq_len": 64, "steps": 20, "warmup_steps": 2, "lr": 3e-3,
+                         "eval_every": 0, "save_every": 0, "threads": 2, "seed": 5)";
+  if (!train_extra.empty()) train += ", " + train_extra;
+  return R"({"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_ctx": 64},
+            "data": {"train": ")" + data_dir + R"(/train_*.bin", "val": ")" + data_dir + R"(/val_*.bin"},
+            "train": {)" + train + R"(},
+            "run_dir": ")" + run_dir + R"("})";
+}
+
+}  // namespace mom::test

@@ -41,3 +41,15 @@ void write_file(const std::filesystem::path& p, const std::string& bytes);
 std::string shell_quote(const std::string& s);
 
 }  // namespace mom::test
+
+namespace mom::test {
+
+// Tokenises ~0.3 MB of the Python standard library into `dir` with `mom data prepare`
+// (train_*.bin, val_*.bin); throws with mom's output when that fails.
+void prepare_tiny_corpus(const std::string& dir);
+// A tiny GPT-2 training config (2 layers, width 64, context 64, batch 4) on a corpus made
+// by prepare_tiny_corpus, as JSON text; `train_extra` is merged into its "train" section.
+std::string tiny_config_json(const std::string& data_dir, const std::string& run_dir,
+                             const std::string& train_extra = "");
+
+}  // namespace mom::test

@@ -226,7 +226,11 @@ TEST(CheckpointFile, RowRangesWrittenSeparatelyFormOneDataset) {
     w.create(t.name, t.shape, DType::F32);
     w.write_rows(t.name, 4, 10, t.values.data() + 4 * row);
     w.write_rows(t.name, 0, 4, t.values.data());
+    EXPECT_THROW(w.write_rows(t.name, 9, 11, t.values.data()), std::invalid_argument);
+    EXPECT_THROW(w.write(t.name, t.shape, t.values.data()), std::invalid_argument);  // twice
     w.commit();
+    EXPECT_THROW(w.commit(), std::logic_error);
+    EXPECT_THROW(w.set_attr("/", "step", 1), std::logic_error);
   }
   const CheckpointReader r(path);
   std::vector<float> back(t.values.size());
@@ -438,9 +442,11 @@ TEST(CheckpointFile, H5pyReadsTheSameNumbers) {
     for (size_t i = 0; i < values.size(); ++i)
       ASSERT_EQ(values[i], static_cast<double>(t.values[i])) << t.name << "[" << i << "]";
   }
-  // Chunks: whole rows up to ~1 MiB; a row over 1 MiB is split along the next axis.
-  EXPECT_EQ(j["datasets"]["pool/experts"]["chunks"].get<std::vector<int64_t>>(), (std::vector<int64_t>{256, 1024}));
-  EXPECT_EQ(j["datasets"]["pool/wide_rows"]["chunks"].get<std::vector<int64_t>>(), (std::vector<int64_t>{1, 256, 1024}));
+  // Chunks: equal slabs of whole rows up to ~1 MiB; a row over 1 MiB is split along the
+  // next axis; a small tensor is one chunk.
+  EXPECT_EQ(j["datasets"]["pool/experts"]["chunks"].get<std::vector<int64_t>>(), (std::vector<int64_t>{200, 1024}));
+  EXPECT_EQ(j["datasets"]["pool/wide_rows"]["chunks"].get<std::vector<int64_t>>(), (std::vector<int64_t>{1, 150, 1024}));
+  EXPECT_EQ(j["datasets"]["params/wte"]["chunks"].get<std::vector<int64_t>>(), (std::vector<int64_t>{64, 8}));
   EXPECT_EQ(j["datasets"]["extra/f64"]["dtype"], "float64");
   EXPECT_EQ(j["datasets"]["extra/f64"]["values"].get<std::vector<double>>(), kF64);
 }
@@ -455,7 +461,7 @@ TEST(CheckpointFile, InspectListsAttributesAndTree) {
   for (const char* needle : {"format = \"mom-checkpoint\"", "step = 1234", "\"n_embd\": 8",
                              "rng_state = [81985529216486895, 18364758544493064720, 1, 18446744073709551615]",
                              "params/", "  blocks/", "attn_qkv_weight", "[2, 24, 8]", "float32", "float64",
-                             "384 elements", "@note = \"group attribute\"", "@global_offsets = [-1, 0, 42]",
+                             "384 elements", "learning_rate = 6e-04", "@note = \"group attribute\"", "@global_offsets = [-1, 0, 42]",
                              "total: 9 datasets", "verify: every dataset"})
     EXPECT_NE(text.find(needle), std::string::npos) << needle << "\n" << text;
 
