@@ -36,7 +36,8 @@ CorpusTokenizer corpus_tokenizer(const Gpt2Tokenizer& tokenizer);
 struct PrepareOptions {
   // Files or folders; folders are walked recursively (symlinked folders are not followed).
   std::vector<std::filesystem::path> inputs;
-  // A file is a document when its name ends with one of these; empty: every file.
+  // A file found in a folder is a document when its name ends with one of these (empty:
+  // every file); an input that is a file is always one.
   std::vector<std::string> suffixes = {".py"};
   uint64_t max_bytes = 0;      // stop once this many source bytes are taken; 0: all
   double val_fraction = 0.05;  // in [0, 1); 0: no validation split at all
