@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <iomanip>
 #include <ostream>
@@ -113,6 +114,8 @@ hid_t file_type(DType dtype) { return dtype == DType::F32 ? H5T_IEEE_F32LE : H5T
 
 // Axis-0 slabs of whole rows when a row fits in the target; otherwise one row per chunk
 // split along the next axes, so a row range [begin, end) always maps onto whole chunks.
+// The split axis is cut into equal pieces, because HDF5 stores an edge chunk at full
+// size: 600 rows become 3 chunks of 200, not 256 + 256 + 88 padded to 256.
 std::vector<hsize_t> chunk_dims(const std::vector<hsize_t>& dims, size_t element_bytes) {
   std::vector<hsize_t> chunk = dims;
   for (size_t axis = 0; axis < dims.size(); ++axis) {
@@ -122,7 +125,9 @@ std::vector<hsize_t> chunk_dims(const std::vector<hsize_t>& dims, size_t element
       chunk[axis] = 1;
       continue;
     }
-    chunk[axis] = std::clamp<hsize_t>(kChunkBytes / inner, 1, dims[axis]);
+    const hsize_t per_chunk = std::max<hsize_t>(1, kChunkBytes / inner);
+    const hsize_t pieces = (dims[axis] + per_chunk - 1) / per_chunk;
+    chunk[axis] = (dims[axis] + pieces - 1) / pieces;
     break;
   }
   return chunk;
@@ -137,6 +142,13 @@ void fsync_path(const std::filesystem::path& p, int flags, const std::string& wh
                     "; check the disk and free space, then save again");
   }
   ::close(fd);
+}
+
+// The shortest text that reads back as the same double (6e-04, not 0.00059999999999999995).
+std::string shortest(double v) {
+  char buf[32];
+  const auto res = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, res.ptr);
 }
 
 std::string human_bytes(uint64_t bytes) {
@@ -259,6 +271,11 @@ CheckpointWriter::~CheckpointWriter() {
   std::filesystem::remove(temp_path_, ec);
 }
 
+CheckpointWriter::Impl& CheckpointWriter::live() const {
+  if (!impl_) throw std::logic_error("checkpoint writer for " + final_path_.string() + " used after commit()");
+  return *impl_;
+}
+
 void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t> shape,
                              const float* data) {
   create(dataset, shape, DType::F32);
@@ -284,7 +301,7 @@ void CheckpointWriter::create(const std::string& dataset, std::span<const int64_
   }
   const std::string path = object_path(dataset);
   if (path == "/") throw std::invalid_argument("checkpoint dataset needs a name");
-  const Impl& im = *impl_;
+  const Impl& im = live();
   const std::string what = "creating dataset " + quoted(dataset);
   const Handle space(im.check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what),
                      H5Sclose);
@@ -310,52 +327,51 @@ void CheckpointWriter::create(const std::string& dataset, std::span<const int64_
 
 void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end,
                                   const float* rows) {
-  impl_->write_rows(dataset, begin, end, H5T_NATIVE_FLOAT, rows);
+  live().write_rows(dataset, begin, end, H5T_NATIVE_FLOAT, rows);
 }
 
 void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end,
                                   const double* rows) {
-  impl_->write_rows(dataset, begin, end, H5T_NATIVE_DOUBLE, rows);
+  live().write_rows(dataset, begin, end, H5T_NATIVE_DOUBLE, rows);
 }
 
 void CheckpointWriter::set_int_attr(const std::string& object, const std::string& name, int64_t value) {
-  const Handle space(impl_->check(H5Screate(H5S_SCALAR), "attribute space"), H5Sclose);
-  impl_->put_attr(object, name, H5T_STD_I64LE, space.get(), &value);
+  const Handle space(live().check(H5Screate(H5S_SCALAR), "attribute space"), H5Sclose);
+  live().put_attr(object, name, H5T_STD_I64LE, space.get(), &value);
 }
 
 void CheckpointWriter::set_attr(const std::string& object, const std::string& name, double value) {
-  const Handle space(impl_->check(H5Screate(H5S_SCALAR), "attribute space"), H5Sclose);
-  impl_->put_attr(object, name, H5T_IEEE_F64LE, space.get(), &value);
+  const Handle space(live().check(H5Screate(H5S_SCALAR), "attribute space"), H5Sclose);
+  live().put_attr(object, name, H5T_IEEE_F64LE, space.get(), &value);
 }
 
 void CheckpointWriter::set_attr(const std::string& object, const std::string& name,
                                 const std::string& value) {
   const std::string what = "string attribute " + quoted(name);
-  const Handle type(impl_->check(H5Tcopy(H5T_C_S1), what), H5Tclose);
+  const Handle type(live().check(H5Tcopy(H5T_C_S1), what), H5Tclose);
   // HDF5 has no zero-length fixed strings; NULLPAD makes the empty string one NUL that
   // every reader strips.
-  impl_->check(H5Tset_size(type.get(), std::max<size_t>(value.size(), 1)), what);
-  impl_->check(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), what);
-  impl_->check(H5Tset_cset(type.get(), H5T_CSET_UTF8), what);
-  const Handle space(impl_->check(H5Screate(H5S_SCALAR), what), H5Sclose);
+  live().check(H5Tset_size(type.get(), std::max<size_t>(value.size(), 1)), what);
+  live().check(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), what);
+  live().check(H5Tset_cset(type.get(), H5T_CSET_UTF8), what);
+  const Handle space(live().check(H5Screate(H5S_SCALAR), what), H5Sclose);
   std::string padded = value;
   padded.resize(std::max<size_t>(value.size(), 1), '\0');
-  impl_->put_attr(object, name, type.get(), space.get(), padded.data());
+  live().put_attr(object, name, type.get(), space.get(), padded.data());
 }
 
 void CheckpointWriter::set_attr(const std::string& object, const std::string& name,
                                 std::span<const uint64_t> values) {
-  impl_->put_array_attr(object, name, H5T_STD_U64LE, values.size(), values.data());
+  live().put_array_attr(object, name, H5T_STD_U64LE, values.size(), values.data());
 }
 
 void CheckpointWriter::set_attr(const std::string& object, const std::string& name,
                                 std::span<const int64_t> values) {
-  impl_->put_array_attr(object, name, H5T_STD_I64LE, values.size(), values.data());
+  live().put_array_attr(object, name, H5T_STD_I64LE, values.size(), values.data());
 }
 
 void CheckpointWriter::commit() {
-  if (!impl_) throw std::logic_error("CheckpointWriter::commit called twice");
-  if (!impl_->file.close())
+  if (!live().file.close())
     throw UserError("cannot write checkpoint " + final_path_.string() + ": closing " +
                     temp_path_.string() + " failed (HDF5: " + hdf5_reason() +
                     "); check free disk space, then save again");
@@ -586,7 +602,7 @@ struct CheckpointReader::Impl {
       if (count != 1) os << '[';
       for (size_t i = 0; i < count; ++i) {
         if (i) os << ", ";
-        if (cls == H5T_FLOAT) os << std::setprecision(17) << reals[i];
+        if (cls == H5T_FLOAT) os << shortest(reals[i]);
         else if (is_signed) os << ints[i];
         else os << uints[i];
       }
@@ -636,6 +652,8 @@ CheckpointReader::CheckpointReader(std::filesystem::path path)
                     "into the run's output folder)");
   if (std::filesystem::is_directory(path_, ec))
     throw UserError("checkpoint " + p + " is a folder; pass the checkpoint file inside it");
+  if (::access(path_.c_str(), R_OK) != 0)
+    throw UserError("cannot read checkpoint " + p + ": " + std::strerror(errno) + "; check its permissions");
   const htri_t is_hdf5 = H5Fis_hdf5(p.c_str());
   H5Eclear2(H5E_DEFAULT);
   if (is_hdf5 <= 0)

@@ -75,6 +75,7 @@ class CheckpointWriter {
   void set_attr(const std::string& object, const std::string& name, std::span<const int64_t> values);
 
   // Closes the file, fsyncs it, renames it over the final path and fsyncs the folder.
+  // The writer is spent afterwards: further calls throw std::logic_error.
   void commit();
 
   const std::filesystem::path& final_path() const { return final_path_; }
@@ -82,6 +83,7 @@ class CheckpointWriter {
 
  private:
   struct Impl;
+  Impl& live() const;  // the open file, or std::logic_error after commit()
   void set_int_attr(const std::string& object, const std::string& name, int64_t value);
 
   std::filesystem::path final_path_;
