@@ -66,10 +66,17 @@ class Backend {
 
   // ---- causal multi-head self-attention.
   // qkv [B,T,3C] (q | k | v, heads contiguous inside each), out [B,T,C], probs [B,nh,T,T]
-  // (softmax saved for backward). dprobs is scratch of the shape of probs.
+  // (softmax saved for backward). Backward CONSUMES probs: it overwrites them with the
+  // softmax's input gradient, which saves a scratch buffer as large as probs.
   virtual void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qkv, int n_head) = 0;
-  virtual void attention_backward(const Tensor& dqkv, const Tensor& dprobs, const Tensor& dout, const Tensor& qkv,
-                                  const Tensor& probs, int n_head) = 0;
+  virtual void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& probs,
+                                  int n_head) = 0;
+
+  // Incremental (KV-cached) attention for one sequence: qkv [M,3C] holds M new positions
+  // pos0..pos0+M-1; their k and v rows are written into kcache/vcache [n_ctx,C] at those
+  // positions, then each new row attends causally over cache rows 0..its position. out [M,C].
+  virtual void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache,
+                                        const Tensor& vcache, int pos0, int n_head) = 0;
 
   // ---- elementwise
   virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;   // out = a + b

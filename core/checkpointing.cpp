@@ -49,7 +49,8 @@ void read_any(const io::CheckpointReader& r, const std::string& path, const Tens
 }  // namespace
 
 void save_checkpoint(const std::filesystem::path& path, const Gpt2& model, const AdamW* opt, const TrainState& state,
-                     const nlohmann::json& config, bool overwrite) {
+                     const nlohmann::json& config, bool overwrite,
+                     const std::vector<std::pair<std::string, std::string>>* extra_bytes) {
   io::CheckpointWriter w(path, overwrite);
   const ParameterStore& P = model.params();
   Backend& be = P.backend();
@@ -61,6 +62,8 @@ void save_checkpoint(const std::filesystem::path& path, const Gpt2& model, const
       write_any(w, "optimizer/adam_v/" + name, opt->v(i), be);
     }
   }
+  if (extra_bytes)
+    for (const auto& [dataset, bytes] : *extra_bytes) w.write_bytes(dataset, bytes);
   w.set_attr("/", "config", config.dump());
   w.set_attr("/", "step", state.step);
   w.set_attr("/", "tokens_seen", state.tokens_seen);

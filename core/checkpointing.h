@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -23,8 +25,11 @@ struct TrainState {
 };
 
 // Writes atomically (temp file + rename); refuses to replace `path` unless overwrite.
+// `extra_bytes` (dataset name, raw bytes) are stored as byte datasets in the same commit,
+// e.g. the tokenizer files of a converted Hugging Face model.
 void save_checkpoint(const std::filesystem::path& path, const Gpt2& model, const AdamW* opt, const TrainState& state,
-                     const nlohmann::json& config, bool overwrite);
+                     const nlohmann::json& config, bool overwrite,
+                     const std::vector<std::pair<std::string, std::string>>* extra_bytes = nullptr);
 // The config stored in a checkpoint (root attribute "config").
 nlohmann::json read_checkpoint_config(const std::filesystem::path& path);
 // Loads parameters (and, when given, moments and state) into an already-built model whose

@@ -55,6 +55,14 @@ Gpt2::Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype) : cfg_(cfg), ba
   params_ = std::make_unique<ParameterStore>(backend, dtype, gpt2_param_specs(cfg));
 }
 
+// The KV cache and the buffers of incremental decoding, sized for n_ctx rows (a prompt can
+// be fed in one call).
+struct Gpt2::DecodeState {
+  std::unique_ptr<Arena> arena;
+  std::vector<Tensor> kcache, vcache;  // per layer [n_ctx, C]
+  Tensor tokens, x, ln, mean, rstd, qkv, att, branch, fc, gelu, logits;
+};
+
 Gpt2::~Gpt2() = default;
 
 void Gpt2::init_weights(uint64_t seed) { params_->initialize(seed); }
@@ -99,9 +107,28 @@ void Gpt2::prepare(int B, int T) {
     }
     Tensor lnf = t(NC, f), lnf_mean = t(N1, f), lnf_rstd = t(N1, f);
     const size_t saved_end = a ? a->arena->used() : 0;
-    Tensor branch = t(NC, f), head = t(Shape{head_rows, V}, f), dres = t(NC, f);
-    AttentionScratch as{t(NC, f), t(N3C, f), t(NC, f), t(P, f)};
-    MlpScratch ms{t(NC, f), t(N4C, f), t(N4C, f)};
+    Tensor branch = t(NC, f), dres = t(NC, f), dln = t(NC, f);
+    // The head's logits chunk is needed only before the blocks' backward starts, so it shares
+    // one region with their scratch (dqkv, datty, dfc, dgelu): peak memory is the larger of
+    // the two, not the sum.
+    ArenaPlan blocks_plan;
+    for (Shape s : {N3C, NC, N4C, N4C}) blocks_plan.add(s, f);
+    ArenaPlan head_plan;
+    head_plan.add(Shape{head_rows, V}, f);
+    const int64_t shared_elems =
+        static_cast<int64_t>(std::max(blocks_plan.bytes(), head_plan.bytes()) / dtype_size(f));
+    Tensor shared = t(Shape{shared_elems}, f);
+    const bool planning = shared.empty();
+    Tensor head = planning ? Tensor{} : shared.rows(0, head_rows * V).reshaped(Shape{head_rows, V});
+    int64_t offset = 0;
+    auto carve = [&](Shape s) {
+      Tensor v = planning ? Tensor{} : shared.rows(offset, offset + s.numel()).reshaped(s);
+      offset += static_cast<int64_t>(ArenaPlan::aligned_bytes(s, f) / dtype_size(f));
+      return v;
+    };
+    Tensor dqkv = carve(N3C), datty = carve(NC), dfc = carve(N4C), dgelu = carve(N4C);
+    AttentionScratch as{dln, dqkv, datty};
+    MlpScratch ms{dln, dfc, dgelu};
     if (a) {
       a->tokens = tok, a->targets = tgt, a->losses = losses, a->encoded = enc;
       a->resid_mid = std::move(mid), a->resid_out = std::move(out), a->attn = std::move(at), a->mlp = std::move(ml);
@@ -171,7 +198,7 @@ double Gpt2::forward_backward(const int32_t* tokens, const int32_t* targets, int
   Backend& be = backend_;
   ParameterStore& P = *params_;
   be.copy_from_host(a.targets, targets);
-  // The head's backward runs inside its forward: dln_f lands in the attention scratch's dln.
+  // The head's backward runs inside its forward: dln_f lands in the sub-layers' shared dln.
   Tensor dlnf = a.attn_scratch.dln;
   be.zero(dlnf);
   be.xent_head(a.losses, dlnf, P.grad("wte"), a.lnf, P.param("wte"), a.targets, grad_scale, a.head_scratch);
@@ -208,6 +235,57 @@ void Gpt2::logits(const int32_t* tokens, int B, int T, std::vector<double>& out)
     backend_.copy_to_host(h.data(), lg);
     for (size_t i = 0; i < h.size(); ++i) out[i] = h[i];
   }
+}
+
+void Gpt2::decode(const int32_t* tokens, int n, int pos, std::vector<float>& out) {
+  require(dtype_ == DType::F32, "decode needs an f32 model");
+  require(n >= 1 && pos >= 0 && pos + n <= cfg_.n_ctx,
+          "decode: positions " + std::to_string(pos) + ".." + std::to_string(pos + n - 1) + " exceed n_ctx " +
+              std::to_string(cfg_.n_ctx));
+  const int64_t R = cfg_.n_ctx, C = cfg_.n_embd, V = cfg_.vocab_size;
+  if (!dec_) {
+    auto layout = [&](auto&& take, DecodeState* d) {
+      const DType f = DType::F32;
+      std::vector<Tensor> k, v;
+      for (int l = 0; l < cfg_.n_layer; ++l) k.push_back(take(Shape{R, C}, f)), v.push_back(take(Shape{R, C}, f));
+      Tensor tok = take(Shape{R}, DType::I32), x = take(Shape{R, C}, f), ln = take(Shape{R, C}, f);
+      Tensor mean = take(Shape{R}, f), rstd = take(Shape{R}, f), qkv = take(Shape{R, 3 * C}, f);
+      Tensor att = take(Shape{R, C}, f), br = take(Shape{R, C}, f), fc = take(Shape{R, 4 * C}, f);
+      Tensor ge = take(Shape{R, 4 * C}, f), lg = take(Shape{1, V}, f);
+      if (d) *d = {nullptr, k, v, tok, x, ln, mean, rstd, qkv, att, br, fc, ge, lg};
+    };
+    ArenaPlan plan;
+    layout([&](Shape s, DType t) { plan.add(s, t); return Tensor{}; }, nullptr);
+    auto d = std::make_unique<DecodeState>();
+    auto arena = std::make_unique<Arena>(backend_, plan.bytes());
+    layout([&](Shape s, DType t) { return arena->alloc(s, t); }, d.get());
+    d->arena = std::move(arena);
+    dec_ = std::move(d);
+  }
+  DecodeState& d = *dec_;
+  Backend& be = backend_;
+  const ParameterStore& P = *params_;
+  auto rows = [n](const Tensor& t) { return t.rows(0, n); };
+  be.copy_from_host(rows(d.tokens), tokens);
+  // positions pos..pos+n-1: the embedding's position is (row mod T) + pos0 with T = n.
+  be.embedding_forward(rows(d.x), rows(d.tokens), P.param("wte"), P.param("wpe"), n, pos);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    const AttentionWeights aw = attn_weights(false, l);
+    be.layernorm_forward(rows(d.ln), rows(d.mean), rows(d.rstd), rows(d.x), aw.ln_w, aw.ln_b, cfg_.ln_eps);
+    be.matmul_forward(rows(d.qkv), rows(d.ln), aw.qkv_w, aw.qkv_b);
+    be.attention_forward_cached(rows(d.att), rows(d.qkv), d.kcache[l], d.vcache[l], pos, cfg_.n_head);
+    be.matmul_forward(rows(d.branch), rows(d.att), aw.proj_w, aw.proj_b);
+    be.accumulate(rows(d.x), rows(d.branch));
+    const MlpStash ms{rows(d.ln), rows(d.mean), rows(d.rstd), rows(d.fc), rows(d.gelu)};
+    mlp_sublayer_forward(be, mlp_weights(false, l), ms, rows(d.x), rows(d.branch), cfg_.ln_eps);
+    be.accumulate(rows(d.x), rows(d.branch));
+  }
+  const Tensor last = d.x.rows(n - 1, n);
+  be.layernorm_forward(d.ln.rows(0, 1), d.mean.rows(0, 1), d.rstd.rows(0, 1), last, P.param("ln_f_weight"),
+                       P.param("ln_f_bias"), cfg_.ln_eps);
+  be.matmul_forward(d.logits, d.ln.rows(0, 1), P.param("wte"), Tensor{});
+  out.resize(static_cast<size_t>(V));
+  be.copy_to_host(out.data(), d.logits);
 }
 
 void Gpt2::last_logits(const int32_t* tokens, int T, std::vector<float>& out) {

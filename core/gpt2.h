@@ -47,8 +47,13 @@ class Gpt2 {
   double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale);
   // Full logits [B·T, V] into host memory (tests and small models); as float or double.
   void logits(const int32_t* tokens, int B, int T, std::vector<double>& out);
-  // Logits of the last position only [V], for generation.
+  // Logits of the last position only [V], recomputing the whole prefix (the reference for
+  // the cached path below).
   void last_logits(const int32_t* tokens, int T, std::vector<float>& out);
+  // Incremental decoding of one sequence with a KV cache: feeds n tokens at positions
+  // pos..pos+n-1 (the cache must hold positions 0..pos-1 from earlier calls; pos 0 starts
+  // over) and returns the logits after the last one. pos + n must not exceed n_ctx.
+  void decode(const int32_t* tokens, int n, int pos, std::vector<float>& out);
 
   // Bytes held by activations for the current batch geometry (saved for backward + scratch).
   size_t activation_bytes() const;
@@ -56,6 +61,7 @@ class Gpt2 {
 
  private:
   struct Activations;
+  struct DecodeState;
   void prepare(int B, int T);
   void run_forward(const int32_t* tokens, int B, int T);
   AttentionWeights attn_weights(bool grads, int layer) const;
@@ -66,6 +72,7 @@ class Gpt2 {
   DType dtype_;
   std::unique_ptr<ParameterStore> params_;
   std::unique_ptr<Activations> act_;
+  std::unique_ptr<DecodeState> dec_;
   size_t saved_bytes_ = 0;
 };
 

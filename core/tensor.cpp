@@ -123,6 +123,8 @@ Tensor Arena::alloc(Shape s, DType t) {
   return out;
 }
 
-void ArenaPlan::add(Shape s, DType t) { bytes_ += align_up(static_cast<size_t>(s.numel()) * dtype_size(t)); }
+void ArenaPlan::add(Shape s, DType t) { bytes_ += aligned_bytes(s, t); }
+
+size_t ArenaPlan::aligned_bytes(Shape s, DType t) { return align_up(static_cast<size_t>(s.numel()) * dtype_size(t)); }
 
 }  // namespace mom

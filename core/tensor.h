@@ -88,6 +88,8 @@ class ArenaPlan {
  public:
   void add(Shape s, DType t);
   size_t bytes() const { return bytes_; }
+  // Bytes one allocation of this shape takes, alignment included.
+  static size_t aligned_bytes(Shape s, DType t);
 
  private:
   size_t bytes_ = 0;

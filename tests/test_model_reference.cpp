@@ -200,8 +200,10 @@ TEST_F(ModelReference, EveryGradientMatchesPyTorch) {
   }
 }
 
-// Ten steps on one batch: clipping (the first gradients' norm is well above 1 here, so
-// clipping is active), AdamW's bias correction and decoupled decay on the decay group only.
+// Ten steps on one batch: clipping (the gradient norm stays above 1 here, so every step is
+// clipped), AdamW's bias correction and decoupled decay. The losses are compared, not the final
+// parameters: some gradients are pure rounding noise (the key bias cannot change the softmax),
+// and Adam turns such an element's sign into a full ±lr step, on each side independently.
 TEST_F(ModelReference, AdamWTrajectoryMatchesPyTorch) {
   auto model = make_model();
   mom::ParameterStore& ps = model->params();
@@ -217,7 +219,7 @@ TEST_F(ModelReference, AdamWTrajectoryMatchesPyTorch) {
   }
   losses.push_back(model->forward(tokens_.data(), targets_.data(), B(), T()));
   expect_close_series("grad norm before clip, step ", norms, ref_["grad_norms"].get<std::vector<double>>());
-  expect_close_series("loss after steps: ", losses, ref_["losses"].get<std::vector<double>>());
+  expect_close_series("loss after step ", losses, ref_["losses"].get<std::vector<double>>());
 }
 
 }  // namespace

@@ -17,7 +17,7 @@ struct AttentionStash {  // what forward keeps for backward
 };
 
 struct AttentionScratch {  // backward temporaries, shared by all layers
-  Tensor dln, dqkv, datty, dprobs;
+  Tensor dln, dqkv, datty;
 };
 
 struct AttentionShape {
@@ -28,7 +28,8 @@ struct AttentionShape {
 // out [B*T, C] = proj(attention(qkv(LN(x)))).
 void attention_sublayer_forward(Backend& be, const AttentionWeights& w, const AttentionStash& s, const Tensor& x,
                                 const Tensor& out, const AttentionShape& sh);
-// dx += ∂L/∂x given dout = ∂L/∂out; parameter gradients accumulate into g.
+// dx += ∂L/∂x given dout = ∂L/∂out; parameter gradients accumulate into g. Consumes
+// s.probs (the attention backward overwrites them).
 void attention_sublayer_backward(Backend& be, const AttentionWeights& w, const AttentionWeights& g,
                                  const AttentionStash& s, const AttentionScratch& scratch, const Tensor& x,
                                  const Tensor& dout, const Tensor& dx, const AttentionShape& sh);

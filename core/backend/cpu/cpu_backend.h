@@ -39,8 +39,10 @@ class CpuBackend final : public Backend {
   void gelu_forward(const Tensor& out, const Tensor& inp) override;
   void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) override;
   void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qkv, int n_head) override;
-  void attention_backward(const Tensor& dqkv, const Tensor& dprobs, const Tensor& dout, const Tensor& qkv,
-                          const Tensor& probs, int n_head) override;
+  void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& probs,
+                          int n_head) override;
+  void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache, const Tensor& vcache,
+                                int pos0, int n_head) override;
   void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
   void accumulate(const Tensor& dst, const Tensor& src) override;
   void scale(const Tensor& t, double factor) override;
