@@ -20,9 +20,24 @@ std::vector<int32_t> generate(Gpt2& model, const std::vector<int32_t>& prompt, c
   const int V = model.config().vocab_size, ctx = model.config().n_ctx;
   std::vector<int32_t> order(static_cast<size_t>(V));
   std::vector<double> probs;
+  // The prompt may be longer than the context: the window starts at its newest n_ctx tokens.
+  int window_start = std::max(0, static_cast<int>(seq.size()) - ctx);
+  int cached = 0;  // positions of seq[window_start..] already in the KV cache
   for (int i = 0; i < opt.max_new_tokens; ++i) {
-    const int T = std::min<int>(static_cast<int>(seq.size()), ctx);
-    model.last_logits(seq.data() + seq.size() - T, T, logits);
+    if (!opt.kv_cache) {
+      const int T = std::min<int>(static_cast<int>(seq.size()), ctx);
+      model.last_logits(seq.data() + seq.size() - T, T, logits);
+    } else {
+      int fresh = static_cast<int>(seq.size()) - window_start - cached;
+      if (cached + fresh > ctx) {  // slide: rebuild the cache from the newest half context
+        const int keep = std::max(1, ctx / 2);
+        window_start = static_cast<int>(seq.size()) - keep;
+        cached = 0;
+        fresh = keep;
+      }
+      model.decode(seq.data() + window_start + cached, fresh, cached, logits);
+      cached += fresh;
+    }
     int32_t next;
     if (opt.temperature == 0) {
       next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
