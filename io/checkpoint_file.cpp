@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -208,6 +209,40 @@ struct CheckpointWriter::Impl {
     put_attr(object, name, type, space.get(), data);
   }
 
+  // Any element type: floats for tensors, uint8 for byte blobs (write_bytes).
+  void create(const std::string& dataset, std::span<const int64_t> global_shape, hid_t type) const {
+    if (global_shape.empty())
+      throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " needs rank >= 1");
+    std::vector<hsize_t> dims;
+    for (int64_t d : global_shape) {
+      if (d < 0)
+        throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " has negative shape " +
+                                    shape_text(global_shape));
+      dims.push_back(static_cast<hsize_t>(d));
+    }
+    const std::string path = object_path(dataset);
+    if (path == "/") throw std::invalid_argument("checkpoint dataset needs a name");
+    const std::string what = "creating dataset " + quoted(dataset);
+    const Handle space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what),
+                       H5Sclose);
+    const Handle dcpl(check(H5Pcreate(H5P_DATASET_CREATE), what), H5Pclose);
+    // Fletcher32 needs chunked storage; an empty tensor has no chunks and nothing to check.
+    const bool empty = std::find(dims.begin(), dims.end(), hsize_t{0}) != dims.end();
+    if (!empty) {
+      const auto chunk = chunk_dims(dims, H5Tget_size(type));
+      check(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), what);
+      check(H5Pset_fletcher32(dcpl.get()), what);
+    }
+    const Handle lcpl(check(H5Pcreate(H5P_LINK_CREATE), what), H5Pclose);
+    check(H5Pset_create_intermediate_group(lcpl.get(), 1), what);
+    if (H5Lexists(file.get(), path.c_str(), H5P_DEFAULT) > 0)
+      throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " written twice");
+    H5Eclear2(H5E_DEFAULT);  // H5Lexists fails, harmlessly, when a parent group is missing
+    const Handle ds(
+        check(H5Dcreate2(file.get(), path.c_str(), type, space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT), what),
+        H5Dclose);
+  }
+
   void write_rows(const std::string& dataset, int64_t begin, int64_t end, hid_t mem_type,
                   const void* rows) const {
     const std::string path = object_path(dataset);
@@ -290,39 +325,7 @@ void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t
 
 void CheckpointWriter::create(const std::string& dataset, std::span<const int64_t> global_shape,
                               DType dtype) {
-  if (global_shape.empty())
-    throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " needs rank >= 1");
-  std::vector<hsize_t> dims;
-  for (int64_t d : global_shape) {
-    if (d < 0)
-      throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " has negative shape " +
-                                  shape_text(global_shape));
-    dims.push_back(static_cast<hsize_t>(d));
-  }
-  const std::string path = object_path(dataset);
-  if (path == "/") throw std::invalid_argument("checkpoint dataset needs a name");
-  const Impl& im = live();
-  const std::string what = "creating dataset " + quoted(dataset);
-  const Handle space(im.check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what),
-                     H5Sclose);
-  const Handle dcpl(im.check(H5Pcreate(H5P_DATASET_CREATE), what), H5Pclose);
-  // Fletcher32 needs chunked storage; an empty tensor has no chunks and nothing to check.
-  const bool empty = std::find(dims.begin(), dims.end(), hsize_t{0}) != dims.end();
-  if (!empty) {
-    const hid_t type = file_type(dtype);
-    const auto chunk = chunk_dims(dims, H5Tget_size(type));
-    im.check(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), what);
-    im.check(H5Pset_fletcher32(dcpl.get()), what);
-  }
-  const Handle lcpl(im.check(H5Pcreate(H5P_LINK_CREATE), what), H5Pclose);
-  im.check(H5Pset_create_intermediate_group(lcpl.get(), 1), what);
-  if (H5Lexists(im.file.get(), path.c_str(), H5P_DEFAULT) > 0)
-    throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " written twice");
-  H5Eclear2(H5E_DEFAULT);  // H5Lexists fails, harmlessly, when a parent group is missing
-  const Handle ds(im.check(H5Dcreate2(im.file.get(), path.c_str(), file_type(dtype), space.get(),
-                                      lcpl.get(), dcpl.get(), H5P_DEFAULT),
-                           what),
-                  H5Dclose);
+  live().create(dataset, global_shape, file_type(dtype));
 }
 
 void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end,
@@ -333,6 +336,12 @@ void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int
 void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end,
                                   const double* rows) {
   live().write_rows(dataset, begin, end, H5T_NATIVE_DOUBLE, rows);
+}
+
+void CheckpointWriter::write_bytes(const std::string& dataset, std::string_view bytes) {
+  const std::array<int64_t, 1> shape{static_cast<int64_t>(bytes.size())};
+  live().create(dataset, shape, H5T_STD_U8LE);
+  live().write_rows(dataset, 0, shape[0], H5T_NATIVE_UCHAR, bytes.data());
 }
 
 void CheckpointWriter::set_int_attr(const std::string& object, const std::string& name, int64_t value) {
@@ -729,6 +738,18 @@ void CheckpointReader::read_rows(const std::string& dataset, int64_t begin, int6
 
 void CheckpointReader::read_rows(const std::string& dataset, int64_t begin, int64_t end, double* dst) const {
   impl_->read_rows(dataset, begin, end, H5T_NATIVE_DOUBLE, dst);
+}
+
+std::string CheckpointReader::read_bytes(const std::string& dataset) const {
+  const Handle ds = impl_->open_dataset(dataset);
+  const Handle type(impl_->check(H5Dget_type(ds.get()), "type of " + quoted(dataset)), H5Tclose);
+  const auto dims = impl_->dims_of(ds.get(), dataset);
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1 || dims.size() != 1)
+    throw UserError("dataset " + quoted(dataset_label(dataset)) + " in checkpoint " + impl_->label +
+                    " is not a byte string (a 1-D uint8 dataset); the file was not written by mom");
+  std::string bytes(static_cast<size_t>(dims[0]), '\0');
+  impl_->read_slab(ds.get(), dataset, dims, 0, dims[0], H5T_NATIVE_UCHAR, bytes.data());
+  return bytes;
 }
 
 bool CheckpointReader::has_attr(const std::string& object, const std::string& name) const {

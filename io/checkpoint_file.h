@@ -26,6 +26,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -59,6 +60,10 @@ class CheckpointWriter {
   // Writes rows [begin, end) of axis 0 from `rows` (row-major, (end-begin) * row elements).
   void write_rows(const std::string& dataset, int64_t begin, int64_t end, const float* rows);
   void write_rows(const std::string& dataset, int64_t begin, int64_t end, const double* rows);
+
+  // A byte string (a file's raw contents, e.g. a tokenizer's vocab.json) as a 1-D uint8
+  // dataset, chunked and checksummed like tensors.
+  void write_bytes(const std::string& dataset, std::string_view bytes);
 
   // Attributes on "/" or on any group/dataset path; setting an existing one replaces it.
   // Integers are stored as int64 (a value outside int64's range throws invalid_argument).
@@ -114,6 +119,9 @@ class CheckpointReader {
   // Reads rows [begin, end) of axis 0 into dst ((end-begin) * row elements).
   void read_rows(const std::string& dataset, int64_t begin, int64_t end, float* dst) const;
   void read_rows(const std::string& dataset, int64_t begin, int64_t end, double* dst) const;
+
+  // A dataset written by CheckpointWriter::write_bytes; anything else throws UserError.
+  std::string read_bytes(const std::string& dataset) const;
 
   // Attributes on "/" or a group/dataset path. A missing attribute, or one of another
   // type, throws UserError naming it.
