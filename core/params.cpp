@@ -10,7 +10,7 @@ ParameterStore::ParameterStore(Backend& backend, DType dtype, std::vector<ParamS
     : backend_(backend), dtype_(dtype), specs_(std::move(specs)) {
   // Tensors are packed without padding so that the flat views cover exactly the parameters.
   for (const auto& s : specs_) total_ += s.shape.numel();
-  const size_t bytes = static_cast<size_t>(total_) * dtype_size(dtype);
+  const size_t bytes = ArenaPlan::aligned_bytes(Shape{total_}, dtype);  // the arena rounds up to 64 bytes
   param_arena_ = std::make_unique<Arena>(backend, bytes);
   grad_arena_ = std::make_unique<Arena>(backend, bytes);
   flat_params_ = param_arena_->alloc(Shape{total_}, dtype);
