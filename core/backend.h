@@ -64,6 +64,19 @@ class Backend {
   virtual void gelu_forward(const Tensor& out, const Tensor& inp) = 0;
   virtual void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) = 0;
 
+  // ---- router networks (router/router_net.h)
+  // ReLU: out = max(inp, 0); backward dinp += dout where inp > 0.
+  virtual void relu_forward(const Tensor& out, const Tensor& inp) = 0;
+  virtual void relu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) = 0;
+  // GRU cell (MODELS.md §2) on precomputed projections gx = x·Wxᵀ + bx and gh = s·Whᵀ + bh,
+  // both [N,3r] as (r | z | n) blocks: r = σ(gx_r + gh_r), z = σ(gx_z + gh_z),
+  // n = tanh(gx_n + r⊙gh_n), s_new = n + z⊙(s − n). gates [N,3r] saves (r | z | n) for backward.
+  virtual void gru_cell_forward(const Tensor& s_new, const Tensor& gates, const Tensor& gx, const Tensor& gh,
+                                const Tensor& s) = 0;
+  // dgx, dgh, ds (+=) from ds_new; needs the forward's gates, gh and s.
+  virtual void gru_cell_backward(const Tensor& dgx, const Tensor& dgh, const Tensor& ds, const Tensor& ds_new,
+                                 const Tensor& gates, const Tensor& gh, const Tensor& s) = 0;
+
   // ---- causal multi-head self-attention.
   // qkv [B,T,3C] (q | k | v, heads contiguous inside each), out [B,T,C], probs [B,nh,T,T]
   // (softmax saved for backward). Backward CONSUMES probs: it overwrites them with the
@@ -77,6 +90,19 @@ class Backend {
   // positions, then each new row attends causally over cache rows 0..its position. out [M,C].
   virtual void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache,
                                         const Tensor& vcache, int pos0, int n_head) = 0;
+
+  // ---- dispatch: moving token rows to their modules and back (router/dispatch_plan.h)
+  // out[m] = in[rows[m]] for the M dispatched rows (rows: I32 [M]).
+  virtual void gather_rows(const Tensor& out, const Tensor& in, const Tensor& rows) = 0;
+  // out[t] += Σ_k weight[t,k]·buf[slot[t,k]] over the k with slot ≥ 0, in k order (a fixed
+  // order: deterministic without atomics). slot: I32 [N,K]; weight [N,K] or empty (all 1).
+  // With empty weight this is also the backward of gather_rows.
+  virtual void combine_rows(const Tensor& out, const Tensor& buf, const Tensor& slot, const Tensor& weight) = 0;
+  // Backward of combine_rows: dbuf[slot[t,k]] += weight[t,k]·dout[t] (every row of buf has one
+  // source, so this is a scatter without conflicts) and dweight[t,k] += dout[t]·buf[slot[t,k]]
+  // (dweight may be empty).
+  virtual void combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout,
+                                     const Tensor& buf, const Tensor& slot, const Tensor& weight) = 0;
 
   // ---- elementwise
   virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;   // out = a + b

@@ -7,27 +7,59 @@
 
 namespace mom {
 
+std::vector<StackItem> effective_stack(const Gpt2Config& c) {
+  if (!c.stack.empty()) return c.stack;
+  StackItem dense;
+  dense.dense_count = c.n_layer;
+  return {dense};
+}
+
+std::string stage_prefix(const Gpt2Config& c, int routed_index) {
+  int chunks = 0, moes = 0, i = 0;
+  for (const auto& item : effective_stack(c)) {
+    if (!item.routed) continue;
+    const int n = item.stage.moe ? moes++ : chunks++;
+    if (i++ == routed_index) return (item.stage.moe ? "moe/" : "chunks/") + std::to_string(n) + "/";
+  }
+  throw std::logic_error("stage_prefix: no routed stage " + std::to_string(routed_index));
+}
+
 std::vector<ParamSpec> gpt2_param_specs(const Gpt2Config& c) {
   const int64_t L = c.n_layer, C = c.n_embd, V = c.vocab_size;
-  const double std_ = 0.02, resid_std = 0.02 / std::sqrt(2.0 * c.n_layer);
-  return {
+  // Residual projections scale with the depth the residual stream actually sees: dense
+  // blocks plus every assembly step of every routed stage.
+  int64_t depth = L;
+  for (const auto& item : effective_stack(c))
+    if (item.routed) depth += item.stage.steps;
+  const double std_ = 0.02, resid_std = 0.02 / std::sqrt(2.0 * static_cast<double>(std::max<int64_t>(depth, 1)));
+  std::vector<ParamSpec> specs = {
       {"wte", Shape{V, C}, c.decay_embeddings, std_, 0},
       {"wpe", Shape{c.n_ctx, C}, c.decay_embeddings, std_, 0},
-      {"blocks/ln1_weight", Shape{L, C}, false, 0, 1},
-      {"blocks/ln1_bias", Shape{L, C}, false, 0, 0},
-      {"blocks/attn_qkv_weight", Shape{L, 3 * C, C}, true, std_, 0},
-      {"blocks/attn_qkv_bias", Shape{L, 3 * C}, false, 0, 0},
-      {"blocks/attn_proj_weight", Shape{L, C, C}, true, resid_std, 0},
-      {"blocks/attn_proj_bias", Shape{L, C}, false, 0, 0},
-      {"blocks/ln2_weight", Shape{L, C}, false, 0, 1},
-      {"blocks/ln2_bias", Shape{L, C}, false, 0, 0},
-      {"blocks/mlp_fc_weight", Shape{L, 4 * C, C}, true, std_, 0},
-      {"blocks/mlp_fc_bias", Shape{L, 4 * C}, false, 0, 0},
-      {"blocks/mlp_proj_weight", Shape{L, C, 4 * C}, true, resid_std, 0},
-      {"blocks/mlp_proj_bias", Shape{L, C}, false, 0, 0},
-      {"ln_f_weight", Shape{C}, false, 0, 1},
-      {"ln_f_bias", Shape{C}, false, 0, 0},
   };
+  if (L > 0) {
+    const std::vector<ParamSpec> blocks = {
+        {"blocks/ln1_weight", Shape{L, C}, false, 0, 1},
+        {"blocks/ln1_bias", Shape{L, C}, false, 0, 0},
+        {"blocks/attn_qkv_weight", Shape{L, 3 * C, C}, true, std_, 0},
+        {"blocks/attn_qkv_bias", Shape{L, 3 * C}, false, 0, 0},
+        {"blocks/attn_proj_weight", Shape{L, C, C}, true, resid_std, 0},
+        {"blocks/attn_proj_bias", Shape{L, C}, false, 0, 0},
+        {"blocks/ln2_weight", Shape{L, C}, false, 0, 1},
+        {"blocks/ln2_bias", Shape{L, C}, false, 0, 0},
+        {"blocks/mlp_fc_weight", Shape{L, 4 * C, C}, true, std_, 0},
+        {"blocks/mlp_fc_bias", Shape{L, 4 * C}, false, 0, 0},
+        {"blocks/mlp_proj_weight", Shape{L, C, 4 * C}, true, resid_std, 0},
+        {"blocks/mlp_proj_bias", Shape{L, C}, false, 0, 0},
+    };
+    specs.insert(specs.end(), blocks.begin(), blocks.end());
+  }
+  int r = 0;
+  for (const auto& item : effective_stack(c))
+    if (item.routed)
+      for (auto& p : routed_stage_param_specs(item.stage, c.n_embd, stage_prefix(c, r++), resid_std)) specs.push_back(p);
+  specs.push_back({"ln_f_weight", Shape{C}, false, 0, 1});
+  specs.push_back({"ln_f_bias", Shape{C}, false, 0, 0});
+  return specs;
 }
 
 // Everything forward keeps for backward, plus backward's shared scratch, for one (B, T).
@@ -38,6 +70,7 @@ struct Gpt2::Activations {
   Tensor encoded;                       // [N, C] embedding output = residual stream into layer 0
   std::vector<Tensor> resid_mid;        // per layer [N, C]: x + attn
   std::vector<Tensor> resid_out;        // per layer [N, C]: block output
+  std::vector<Tensor> stage_out;        // per routed stage [N, C]: its output
   std::vector<AttentionStash> attn;
   std::vector<MlpStash> mlp;
   Tensor lnf, lnf_mean, lnf_rstd;
@@ -52,7 +85,17 @@ struct Gpt2::Activations {
 Gpt2::Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype) : cfg_(cfg), backend_(backend), dtype_(dtype) {
   require(cfg.n_embd % cfg.n_head == 0, "model.n_embd (" + std::to_string(cfg.n_embd) +
                                             ") must be divisible by model.n_head (" + std::to_string(cfg.n_head) + ")");
+  items_ = effective_stack(cfg);
+  int dense = 0;
+  for (const auto& item : items_) dense += item.routed ? 0 : item.dense_count;
+  require(dense == cfg.n_layer, "model.n_layer (" + std::to_string(cfg.n_layer) + ") must equal the dense blocks of model.stack (" +
+                                    std::to_string(dense) + ")");
   params_ = std::make_unique<ParameterStore>(backend, dtype, gpt2_param_specs(cfg));
+  int r = 0;
+  for (const auto& item : items_)
+    if (item.routed)
+      stages_.push_back(std::make_unique<RoutedStage>(item.stage, *params_, stage_prefix(cfg, r++), cfg.n_embd,
+                                                      cfg.n_head, cfg.ln_eps));
 }
 
 // The KV cache and the buffers of incremental decoding, sized for n_ctx rows (a prompt can
@@ -105,6 +148,8 @@ void Gpt2::prepare(int B, int T) {
       ml.push_back({t(NC, f), t(N1, f), t(N1, f), t(N4C, f), t(N4C, f)});
       out.push_back(t(NC, f));
     }
+    std::vector<Tensor> stage_out;
+    for (size_t i = 0; i < stages_.size(); ++i) stage_out.push_back(t(NC, f));
     Tensor lnf = t(NC, f), lnf_mean = t(N1, f), lnf_rstd = t(N1, f);
     const size_t saved_end = a ? a->arena->used() : 0;
     Tensor branch = t(NC, f), dres = t(NC, f), dln = t(NC, f);
@@ -132,6 +177,7 @@ void Gpt2::prepare(int B, int T) {
     if (a) {
       a->tokens = tok, a->targets = tgt, a->losses = losses, a->encoded = enc;
       a->resid_mid = std::move(mid), a->resid_out = std::move(out), a->attn = std::move(at), a->mlp = std::move(ml);
+      a->stage_out = std::move(stage_out);
       a->lnf = lnf, a->lnf_mean = lnf_mean, a->lnf_rstd = lnf_rstd;
       a->branch_out = branch, a->head_scratch = head, a->dres = dres, a->attn_scratch = as, a->mlp_scratch = ms;
       saved_bytes_ = saved_end;
@@ -145,9 +191,52 @@ void Gpt2::prepare(int B, int T) {
   a->arena = std::make_unique<Arena>(backend_, plan.bytes());
   layout([&](Shape s, DType d) { return a->arena->alloc(s, d); }, a.get());
   act_ = std::move(a);
+  for (auto& st : stages_) st->prepare(B, T);
 }
 
 size_t Gpt2::activation_bytes() const { return act_ ? act_->arena->used() : 0; }
+
+double Gpt2::aux_loss() const {
+  double s = 0;
+  for (const auto& st : stages_) s += st->aux_loss();
+  return s;
+}
+
+nlohmann::json Gpt2::routing_stats() const {
+  nlohmann::json out = nlohmann::json::array();
+  for (int r = 0; r < static_cast<int>(stages_.size()); ++r)
+    out.push_back({{"stage", stage_prefix(cfg_, r)}, {"steps", stages_[r]->stats()}});
+  return out;
+}
+
+void Gpt2::dense_forward(int l, const Tensor& x, int B, int T) {
+  Activations& a = *act_;
+  const AttentionShape ash{B, T, cfg_.n_head, cfg_.ln_eps};
+  attention_sublayer_forward(backend_, attn_weights(false, l), a.attn[l], x, a.branch_out, ash);
+  backend_.add(a.resid_mid[l], x, a.branch_out);
+  mlp_sublayer_forward(backend_, mlp_weights(false, l), a.mlp[l], a.resid_mid[l], a.branch_out, cfg_.ln_eps);
+  backend_.add(a.resid_out[l], a.resid_mid[l], a.branch_out);
+}
+
+// a.dres carries ∂L/∂(residual stream) downwards: each sub-layer adds its branch's
+// contribution to it in place (the residual's identity path is the value already there).
+void Gpt2::dense_backward(int l, const Tensor& x, int B, int T) {
+  Activations& a = *act_;
+  const AttentionShape ash{B, T, cfg_.n_head, cfg_.ln_eps};
+  mlp_sublayer_backward(backend_, mlp_weights(false, l), mlp_weights(true, l), a.mlp[l], a.mlp_scratch,
+                        a.resid_mid[l], a.dres, a.dres);
+  attention_sublayer_backward(backend_, attn_weights(false, l), attn_weights(true, l), a.attn[l], a.attn_scratch, x,
+                              a.dres, a.dres, ash);
+}
+
+namespace {
+// The aux losses average over stages of a kind (MoM chunks, MoE layers).
+double aux_scale_of(const std::vector<std::unique_ptr<RoutedStage>>& stages, const RoutedStage& st) {
+  int same = 0;
+  for (const auto& s : stages) same += s->config().moe == st.config().moe;
+  return 1.0 / same;
+}
+}  // namespace
 
 void Gpt2::run_forward(const int32_t* tokens, int B, int T) {
   prepare(B, T);
@@ -155,16 +244,21 @@ void Gpt2::run_forward(const int32_t* tokens, int B, int T) {
   Backend& be = backend_;
   be.copy_from_host(a.tokens, tokens);
   be.embedding_forward(a.encoded, a.tokens, params_->param("wte"), params_->param("wpe"), T, 0);
-  const AttentionShape ash{B, T, cfg_.n_head, cfg_.ln_eps};
-  for (int l = 0; l < cfg_.n_layer; ++l) {
-    const Tensor& x = l == 0 ? a.encoded : a.resid_out[l - 1];
-    attention_sublayer_forward(be, attn_weights(false, l), a.attn[l], x, a.branch_out, ash);
-    be.add(a.resid_mid[l], x, a.branch_out);
-    mlp_sublayer_forward(be, mlp_weights(false, l), a.mlp[l], a.resid_mid[l], a.branch_out, cfg_.ln_eps);
-    be.add(a.resid_out[l], a.resid_mid[l], a.branch_out);
+  const Tensor* x = &a.encoded;
+  int l = 0, r = 0;
+  for (const auto& item : items_) {
+    if (item.routed) {
+      stages_[r]->forward(*x, a.stage_out[r], aux_scale_of(stages_, *stages_[r]));
+      x = &a.stage_out[r++];
+      continue;
+    }
+    for (int d = 0; d < item.dense_count; ++d, ++l) {
+      dense_forward(l, *x, B, T);
+      x = &a.resid_out[l];
+    }
   }
-  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.resid_out[cfg_.n_layer - 1], params_->param("ln_f_weight"),
-                       params_->param("ln_f_bias"), cfg_.ln_eps);
+  be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, *x, params_->param("ln_f_weight"), params_->param("ln_f_bias"),
+                       cfg_.ln_eps);
 }
 
 namespace {
@@ -202,18 +296,33 @@ double Gpt2::forward_backward(const int32_t* tokens, const int32_t* targets, int
   Tensor dlnf = a.attn_scratch.dln;
   be.zero(dlnf);
   be.xent_head(a.losses, dlnf, P.grad("wte"), a.lnf, P.param("wte"), a.targets, grad_scale, a.head_scratch);
+  // Inputs of every unit of the stack, in order, to walk it backwards.
+  std::vector<const Tensor*> inputs;
+  const Tensor* x = &a.encoded;
+  {
+    int l = 0, r = 0;
+    for (const auto& item : items_) {
+      if (item.routed) {
+        inputs.push_back(x);
+        x = &a.stage_out[r++];
+        continue;
+      }
+      for (int d = 0; d < item.dense_count; ++d, ++l) inputs.push_back(x), x = &a.resid_out[l];
+    }
+  }
   be.zero(a.dres);
-  be.layernorm_backward(a.dres, P.grad("ln_f_weight"), P.grad("ln_f_bias"), dlnf, a.resid_out[cfg_.n_layer - 1],
-                        P.param("ln_f_weight"), a.lnf_mean, a.lnf_rstd);
-  const AttentionShape ash{B, T, cfg_.n_head, cfg_.ln_eps};
-  // a.dres carries ∂L/∂(residual stream) downwards: each sub-layer adds its branch's
-  // contribution to it in place (the residual's identity path is the value already there).
-  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
-    const Tensor& x = l == 0 ? a.encoded : a.resid_out[l - 1];
-    mlp_sublayer_backward(be, mlp_weights(false, l), mlp_weights(true, l), a.mlp[l], a.mlp_scratch, a.resid_mid[l],
-                          a.dres, a.dres);
-    attention_sublayer_backward(be, attn_weights(false, l), attn_weights(true, l), a.attn[l], a.attn_scratch, x,
-                                a.dres, a.dres, ash);
+  be.layernorm_backward(a.dres, P.grad("ln_f_weight"), P.grad("ln_f_bias"), dlnf, *x, P.param("ln_f_weight"),
+                        a.lnf_mean, a.lnf_rstd);
+  // The aux losses enter the objective once per micro-batch, like the mean cross-entropy.
+  const double loss_scale = grad_scale * static_cast<double>(B) * T;
+  int unit = static_cast<int>(inputs.size()), l = cfg_.n_layer, r = static_cast<int>(stages_.size());
+  for (auto it = items_.rbegin(); it != items_.rend(); ++it) {
+    if (it->routed) {
+      --unit;
+      stages_[--r]->backward(a.dres, loss_scale);
+      continue;
+    }
+    for (int d = 0; d < it->dense_count; ++d) dense_backward(--l, *inputs[--unit], B, T);
   }
   be.embedding_backward(P.grad("wte"), P.grad("wpe"), a.dres, a.tokens, T, 0);
   return mean_loss(be, a.losses);
@@ -239,6 +348,7 @@ void Gpt2::logits(const int32_t* tokens, int B, int T, std::vector<double>& out)
 
 void Gpt2::decode(const int32_t* tokens, int n, int pos, std::vector<float>& out) {
   require(dtype_ == DType::F32, "decode needs an f32 model");
+  require(stages_.empty(), "decode: the KV cache serves dense models; routed models recompute the prefix");
   require(n >= 1 && pos >= 0 && pos + n <= cfg_.n_ctx,
           "decode: positions " + std::to_string(pos) + ".." + std::to_string(pos + n - 1) + " exceed n_ctx " +
               std::to_string(cfg_.n_ctx));

@@ -14,19 +14,34 @@
 #include "core/backend.h"
 #include "core/layers/attention_sublayer.h"
 #include "core/layers/mlp_sublayer.h"
+#include "core/layers/routed_stage.h"
 #include "core/params.h"
 
 namespace mom {
 
+// One entry of the model's middle: a run of dense blocks, or a routed stage (a MoM chunk or an
+// MoE layer). A chunk's anchor is a one-block dense run after it.
+struct StackItem {
+  bool routed = false;
+  int dense_count = 0;      // dense run: number of blocks
+  RoutedStageConfig stage;  // routed stage
+};
+
 struct Gpt2Config {
   int vocab_size = 50257;
   int n_ctx = 1024;    // context length, rows of wpe
-  int n_layer = 12;
+  int n_layer = 12;    // dense blocks in all (the stack's dense runs add up to this)
   int n_head = 12;
   int n_embd = 768;
   double ln_eps = 1e-5;
   bool decay_embeddings = false;  // weight decay on wte/wpe (matrices always decay; biases and norms never)
+  std::vector<StackItem> stack;   // empty: n_layer dense blocks (GPT-2)
 };
+
+// The stack with the GPT-2 default filled in (one dense run of n_layer blocks when empty).
+std::vector<StackItem> effective_stack(const Gpt2Config& cfg);
+// Parameter-name prefix of the i-th routed stage ("chunks/0/", "moe/0/").
+std::string stage_prefix(const Gpt2Config& cfg, int routed_index);
 
 class Gpt2 {
  public:
@@ -55,6 +70,12 @@ class Gpt2 {
   // over) and returns the logits after the last one. pos + n must not exceed n_ctx.
   void decode(const int32_t* tokens, int n, int pos, std::vector<float>& out);
 
+  // Auxiliary (balance and z) loss of the last forward, summed over routed stages.
+  double aux_loss() const;
+  // Routing statistics of the last forward: per stage, per step, per router.
+  nlohmann::json routing_stats() const;
+  const std::vector<std::unique_ptr<RoutedStage>>& stages() const { return stages_; }
+
   // Bytes held by activations for the current batch geometry (saved for backward + scratch).
   size_t activation_bytes() const;
   size_t saved_activation_bytes() const { return saved_bytes_; }
@@ -66,6 +87,8 @@ class Gpt2 {
   void run_forward(const int32_t* tokens, int B, int T);
   AttentionWeights attn_weights(bool grads, int layer) const;
   MlpWeights mlp_weights(bool grads, int layer) const;
+  void dense_forward(int layer, const Tensor& x, int B, int T);
+  void dense_backward(int layer, const Tensor& x, int B, int T);
 
   Gpt2Config cfg_;
   Backend& backend_;
@@ -73,6 +96,8 @@ class Gpt2 {
   std::unique_ptr<ParameterStore> params_;
   std::unique_ptr<Activations> act_;
   std::unique_ptr<DecodeState> dec_;
+  std::vector<StackItem> items_;
+  std::vector<std::unique_ptr<RoutedStage>> stages_;
   size_t saved_bytes_ = 0;
 };
 

@@ -38,11 +38,21 @@ class CpuBackend final : public Backend {
                           const Tensor& inp, const Tensor& weight, const Tensor& mean, const Tensor& rstd) override;
   void gelu_forward(const Tensor& out, const Tensor& inp) override;
   void gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) override;
+  void relu_forward(const Tensor& out, const Tensor& inp) override;
+  void relu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) override;
+  void gru_cell_forward(const Tensor& s_new, const Tensor& gates, const Tensor& gx, const Tensor& gh,
+                        const Tensor& s) override;
+  void gru_cell_backward(const Tensor& dgx, const Tensor& dgh, const Tensor& ds, const Tensor& ds_new,
+                         const Tensor& gates, const Tensor& gh, const Tensor& s) override;
   void attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qkv, int n_head) override;
   void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& probs,
                           int n_head) override;
   void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache, const Tensor& vcache,
                                 int pos0, int n_head) override;
+  void gather_rows(const Tensor& out, const Tensor& in, const Tensor& rows) override;
+  void combine_rows(const Tensor& out, const Tensor& buf, const Tensor& slot, const Tensor& weight) override;
+  void combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout, const Tensor& buf,
+                             const Tensor& slot, const Tensor& weight) override;
   void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
   void accumulate(const Tensor& dst, const Tensor& src) override;
   void scale(const Tensor& t, double factor) override;

@@ -1,0 +1,82 @@
+// RoutedStage: a Mixture-of-Modules chunk (MODELS.md §2) or a Mixture-of-Experts layer (§3),
+// written once as router -> dispatch plan -> module compute -> fixed-order combine.
+//
+// Why one class for both: an MoE layer is a chunk with one attention module always chosen
+// with weight 1, E FFN modules behind a linear gate, and one step. The pieces stay separate
+// and testable alone: the router network (router/router_net.h), gating and balancing
+// (router/gating.h), the plan (router/dispatch_plan.h), and the module math, which reuses the
+// dense sub-layers' kernels on each module's contiguous block of rows. Every module runs one
+// GEMM per projection; an empty module is skipped and keeps exactly-zero gradients.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/backend.h"
+#include "core/params.h"
+#include "router/dispatch_plan.h"
+#include "router/router_net.h"
+
+namespace mom {
+
+enum class RoutingMode {
+  Learned,  // a router network picks top-K (MoM's attention and FFN, MoE's FFN)
+  Single,   // one module, every token, weight 1 (MoE's dense attention)
+  Forced,   // module h at assembly step h, weight 1 (dense GPT-2 as a chunk; tests, conversion checks)
+};
+
+struct RoutedStageConfig {
+  bool moe = false;          // naming, metrics and defaults only; the math is the same
+  int attn_modules = 1;      // NA
+  int ffn_modules = 1;       // NF (experts for MoE)
+  RoutingMode attn_routing = RoutingMode::Learned;
+  RoutingMode ffn_routing = RoutingMode::Learned;
+  bool skip = false;         // a SKIP class for the learned routers
+  int steps = 1;             // H
+  int top_k = 1;             // K
+  router::RouterKind router = router::RouterKind::Mlp;
+  int router_dim = 256;
+  bool router_bias = true;   // false: the MoE gate
+  double temperature = 1.0;
+  bool sigmoid = false;      // MoE gate option
+  bool renormalise = true;
+  bool weighted_qkv = false;
+  double balance_coef = 0;   // Switch balance (MoM balance_coef, MoE aux_coef)
+  double z_coef = 0;         // router z-loss
+  router::CapacityConfig capacity;  // FFN side only
+  bool shared_expert = false;       // FFN side only: an MLP every token uses with weight 1
+};
+
+// Parameters of a stage under `prefix` ("chunks/0/", "moe/1/"): attention pool attn/* [NA,…],
+// FFN pool ffn/* [NF,…], routers router_attn/* and router_ffn/*, shared/* [1,…].
+std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& cfg, int C, const std::string& prefix,
+                                                double resid_std);
+
+class RoutedStage {
+ public:
+  RoutedStage(const RoutedStageConfig& cfg, const ParameterStore& params, const std::string& prefix, int C,
+              int n_head, double ln_eps);
+  ~RoutedStage();
+  // Storage for B·T tokens (call when the batch shape changes).
+  void prepare(int B, int T);
+  // x_out = the stage applied to x_in ([B·T, C]). Keeps what backward needs. aux_scale
+  // multiplies this stage's balance and z losses (1/number of such stages, so they average).
+  void forward(const Tensor& x_in, const Tensor& x_out, double aux_scale);
+  // dres holds ∂L/∂x_out on entry and ∂L/∂x_in on return. loss_scale multiplies the
+  // auxiliary losses' gradients (1/accumulation steps).
+  void backward(const Tensor& dres, double loss_scale);
+  // Auxiliary loss of the last forward (already scaled by aux_scale and the coefficients).
+  double aux_loss() const;
+  // Routing statistics of the last forward, per step and router, as JSON.
+  nlohmann::json stats() const;
+  const RoutedStageConfig& config() const { return cfg_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  RoutedStageConfig cfg_;
+};
+
+}  // namespace mom
