@@ -61,6 +61,33 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+// One line per routed stage and router: SKIP rate, mean router entropy, dropped assignments
+// and load imbalance (busiest module's load over the mean), averaged over the assembly steps.
+void print_routing_summary(const nlohmann::json& stats) {
+  for (const auto& stage : stats) {
+    for (const char* side : {"attn", "ffn"}) {
+      double skip = 0, entropy = 0, imbalance = 0;
+      int64_t dropped = 0;
+      int n = 0;
+      for (const auto& step : stage["steps"]) {
+        if (!step.contains(side)) continue;
+        const auto& r = step[side];
+        skip += r["skip_rate"].get<double>(), entropy += r["entropy"].get<double>();
+        dropped += r["dropped"].get<int64_t>();
+        double total = 0, mx = 0;
+        for (const auto& l : r["load"]) total += l.get<double>(), mx = std::max(mx, l.get<double>());
+        imbalance += total > 0 ? mx * static_cast<double>(r["load"].size()) / total : 0;
+        ++n;
+      }
+      if (n == 0) continue;
+      std::printf("  routing %s%s: skip %.1f%% | entropy %.3f | busiest/mean load %.2f | dropped %lld\n",
+                  stage["stage"].get<std::string>().c_str(), side, 100 * skip / n, entropy / n, imbalance / n,
+                  static_cast<long long>(dropped));
+    }
+  }
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts) {
@@ -132,12 +159,14 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts) {
   for (int64_t step = st.step; step < last; ++step) {
     const auto t0 = Clock::now();
     model.params().zero_grads();
-    double loss = 0;
+    double loss = 0, aux = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       train_loader.next_batch(x.data(), y.data());
       loss += model.forward_backward(x.data(), y.data(), B, T, grad_scale);
+      aux += model.aux_loss();
     }
     loss /= tc.grad_accum;
+    aux /= tc.grad_accum;
     require(std::isfinite(loss), "training diverged at step " + std::to_string(step + 1) +
                                      ": the loss is not finite; lower train.lr or raise train.warmup_steps");
     const double norm = clip_grad_norm(model.params(), tc.grad_clip);
@@ -164,6 +193,10 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts) {
     nlohmann::json rec{{"step", st.step},  {"loss", loss}, {"lr", lr},
                        {"grad_norm", norm}, {"tokens_per_s", tok_s},          {"ms_per_step", ms},
                        {"tokens_seen", st.tokens_seen}};
+    if (!model.stages().empty()) {
+      rec["aux_loss"] = aux;
+      rec["routing"] = model.routing_stats();
+    }
     metrics << rec.dump() << "\n";
 
     const bool final_step = st.step == last;
@@ -175,6 +208,7 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts) {
                   std::exp(vl));
       std::fflush(stdout);
       metrics << nlohmann::json{{"step", st.step}, {"val_loss", vl}}.dump() << "\n";
+      if (!model.stages().empty()) print_routing_summary(model.routing_stats());
     }
     metrics << std::flush;
     if ((tc.save_every > 0 && st.step % tc.save_every == 0) || final_step) save(st.step);

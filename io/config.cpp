@@ -6,6 +6,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "router/dispatch_plan.h"
+#include "router/router_net.h"
 
 namespace mom::io {
 
@@ -23,7 +25,8 @@ json default_config_json() {
         {"n_head", 4},
         {"n_embd", 256},
         {"ln_eps", m.ln_eps},
-        {"decay_embeddings", m.decay_embeddings}}},
+        {"decay_embeddings", m.decay_embeddings},
+        {"stack", json::array()}}},
       {"data", {{"train", d.data.train}, {"val", d.data.val}, {"format", d.data.format}}},
       {"train",
        {{"device", t.device},         {"threads", t.threads},       {"batch_size", t.batch_size},
@@ -91,7 +94,8 @@ void merge_checked(json& dst, const json& src, const std::string& prefix, const 
       merge_checked(d, *it, key, origin);
       continue;
     }
-    const bool ok = (d.is_boolean() && it->is_boolean()) || (d.is_string() && it->is_string()) ||
+    const bool ok = (d.is_array() && it->is_array()) || (d.is_boolean() && it->is_boolean()) ||
+                    (d.is_string() && it->is_string()) ||
                     ((d.is_number_integer() || d.is_number_unsigned()) &&
                      (it->is_number_integer() || it->is_number_unsigned())) ||
                     (d.is_number_float() && it->is_number());
@@ -119,6 +123,100 @@ json parse_override(const std::string& text) {
   return root;
 }
 
+// Every key a stack entry of each type may have, with its default.
+json stack_entry_defaults(const std::string& type) {
+  if (type == "dense") return {{"type", "dense"}, {"count", 1}};
+  if (type == "mom")
+    return {{"type", "mom"},         {"attn_modules", 4},    {"ffn_modules", 4},   {"skip", true},
+            {"steps", 4},            {"top_k", 2},           {"router", "mlp"},    {"router_dim", 256},
+            {"temperature", 1.0},    {"weighted_qkv", false}, {"anchor", false},    {"balance_coef", 0.01}};
+  if (type == "moe")
+    return {{"type", "moe"},          {"experts", 8},           {"top_k", 2},          {"gate", "softmax"},
+            {"renormalise", true},    {"aux_coef", 0.01},       {"z_coef", 0.001},     {"capacity_factor", 0.0},
+            {"drop_policy", "position"}, {"shared_expert", false}};
+  return nullptr;
+}
+
+// model.stack -> StackItems; every entry merged over its type's defaults and checked.
+std::vector<StackItem> parse_stack(const json& stack, const std::string& origin) {
+  std::vector<StackItem> items;
+  for (size_t i = 0; i < stack.size(); ++i) {
+    const std::string key = "model.stack[" + std::to_string(i) + "]";
+    const json& e = stack[i];
+    require(e.is_object() && e.contains("type") && e["type"].is_string(),
+            origin + ": '" + key + "' must be an object with a \"type\" of \"dense\", \"mom\" or \"moe\"");
+    const std::string type = e["type"];
+    json d = stack_entry_defaults(type);
+    require(!d.is_null(), origin + ": '" + key + ".type' must be \"dense\", \"mom\" or \"moe\", got \"" + type + "\"");
+    merge_checked(d, e, key, origin);
+    auto at_least = [&](const char* k, int64_t lo) {
+      require(d[k].get<int64_t>() >= lo, origin + ": '" + key + "." + k + "' must be >= " + std::to_string(lo));
+    };
+    auto non_negative = [&](const char* k) {
+      require(d[k].get<double>() >= 0, origin + ": '" + key + "." + k + "' must be >= 0");
+    };
+    StackItem item;
+    if (type == "dense") {
+      at_least("count", 1);
+      item.dense_count = d["count"];
+      items.push_back(item);
+      continue;
+    }
+    item.routed = true;
+    RoutedStageConfig& st = item.stage;
+    st.top_k = d["top_k"];
+    at_least("top_k", 1);
+    if (type == "mom") {
+      for (const char* k : {"attn_modules", "ffn_modules", "steps", "router_dim"}) at_least(k, 1);
+      st.attn_modules = d["attn_modules"], st.ffn_modules = d["ffn_modules"], st.skip = d["skip"];
+      st.steps = d["steps"], st.router_dim = d["router_dim"], st.temperature = d["temperature"];
+      st.weighted_qkv = d["weighted_qkv"], st.balance_coef = d["balance_coef"];
+      non_negative("balance_coef");
+      require(st.temperature > 0, origin + ": '" + key + ".temperature' must be > 0");
+      const std::string router = d["router"];
+      if (router == "forced") {
+        st.attn_routing = st.ffn_routing = RoutingMode::Forced;
+        require(st.top_k == 1 && !st.skip, origin + ": '" + key + ".router' \"forced\" needs top_k 1 and skip false");
+      } else {
+        require(router == "mlp" || router == "gru" || router == "linear",
+                origin + ": '" + key + ".router' must be \"mlp\", \"gru\", \"linear\" or \"forced\", got \"" + router + "\"");
+        st.router = router::parse_router_kind(router);
+      }
+      const int classes_a = st.attn_modules + (st.skip ? 1 : 0), classes_f = st.ffn_modules + (st.skip ? 1 : 0);
+      require(st.top_k <= std::min(classes_a, classes_f),
+              origin + ": '" + key + ".top_k' (" + std::to_string(st.top_k) + ") exceeds the classes a router can pick (" +
+                  std::to_string(std::min(classes_a, classes_f)) + ": modules plus SKIP)");
+      items.push_back(item);
+      if (d["anchor"].get<bool>()) {
+        StackItem anchor;
+        anchor.dense_count = 1;
+        items.push_back(anchor);
+      }
+      continue;
+    }
+    // moe: one dense attention module, E experts behind a linear gate without bias, one step.
+    st.moe = true;
+    at_least("experts", 1);
+    st.attn_modules = 1, st.attn_routing = RoutingMode::Single, st.ffn_modules = d["experts"], st.steps = 1;
+    st.router = router::RouterKind::Linear, st.router_bias = false;
+    const std::string gate = d["gate"];
+    require(gate == "softmax" || gate == "sigmoid",
+            origin + ": '" + key + ".gate' must be \"softmax\" or \"sigmoid\", got \"" + gate + "\"");
+    st.sigmoid = gate == "sigmoid", st.renormalise = d["renormalise"];
+    st.balance_coef = d["aux_coef"], st.z_coef = d["z_coef"];
+    non_negative("aux_coef");
+    non_negative("z_coef");
+    non_negative("capacity_factor");
+    st.capacity.factor = d["capacity_factor"];
+    st.capacity.policy = router::parse_drop_policy(d["drop_policy"]);
+    st.shared_expert = d["shared_expert"];
+    require(st.top_k <= st.ffn_modules, origin + ": '" + key + ".top_k' (" + std::to_string(st.top_k) +
+                                            ") must not exceed '" + key + ".experts' (" + std::to_string(st.ffn_modules) + ")");
+    items.push_back(item);
+  }
+  return items;
+}
+
 // Value checks beyond types: each names its key.
 void validate(const RunConfig& c, const std::string& origin) {
   auto positive = [&](const char* key, double v) {
@@ -127,7 +225,7 @@ void validate(const RunConfig& c, const std::string& origin) {
   const Gpt2Config& m = c.model;
   positive("model.vocab_size", m.vocab_size);
   positive("model.n_ctx", m.n_ctx);
-  positive("model.n_layer", m.n_layer);
+  require(m.n_layer > 0 || !m.stack.empty(), origin + ": key 'model.n_layer' must be > 0");
   positive("model.n_head", m.n_head);
   positive("model.n_embd", m.n_embd);
   positive("model.ln_eps", m.ln_eps);
@@ -174,6 +272,11 @@ RunConfig config_from_json(const json& input, const std::string& origin) {
   c.model.n_embd = m["n_embd"];
   c.model.ln_eps = m["ln_eps"];
   c.model.decay_embeddings = m["decay_embeddings"];
+  c.model.stack = parse_stack(m["stack"], origin);
+  if (!c.model.stack.empty()) {  // with a stack, n_layer counts its dense blocks (anchors included)
+    c.model.n_layer = 0;
+    for (const auto& item : c.model.stack) c.model.n_layer += item.dense_count;
+  }
   const json& d = j["data"];
   c.data.train = d["train"];
   c.data.val = d["val"];
@@ -199,6 +302,7 @@ RunConfig config_from_json(const json& input, const std::string& origin) {
   c.train.save_every = t["save_every"];
   c.run_dir = j["run_dir"];
   validate(c, origin);
+  j["model"]["n_layer"] = c.model.n_layer;
   c.json = j;
   return c;
 }

@@ -3,9 +3,9 @@
 //
 // Why recompute in double: a row has a few dozen classes, so the cost is nothing next to the
 // GEMMs, and doing every softmax, normalisation and sum in double in index order makes the
-// result independent of the device and of the thread count. Only the stored probabilities and
-// weights are rounded to float. Backward works from those stored probabilities (the logits are
-// not kept), which is exact up to that one rounding.
+// result independent of the device and of the thread count. Probabilities and weights are kept
+// in double, so an f64 model's gradients are exact to finite-difference precision; backward
+// works from the stored probabilities (the logits are not needed).
 //
 // The selection is a piecewise-constant function of the logits, so backward treats `choice` as
 // fixed: gradients reach the logits through the weights g and through ∂L/∂p of the balancing
@@ -36,7 +36,7 @@ void check_config(const GateConfig& cfg) {
 
 }  // namespace
 
-void gate_forward(const GateConfig& cfg, const float* logits, int N, Selection& sel) {
+void gate_forward(const GateConfig& cfg, const double* logits, int N, Selection& sel) {
   check_config(cfg);
   const int C = cfg.classes, K = cfg.top_k;
   sel.N = N, sel.K = K, sel.classes = C;
@@ -46,7 +46,7 @@ void gate_forward(const GateConfig& cfg, const float* logits, int N, Selection& 
   std::vector<double> p(C);
   std::vector<int> order(C);
   for (int t = 0; t < N; ++t) {
-    const float* l = logits + static_cast<size_t>(t) * C;
+    const double* l = logits + static_cast<size_t>(t) * C;
     if (cfg.sigmoid) {
       for (int i = 0; i < C; ++i) p[i] = 1.0 / (1.0 + std::exp(-static_cast<double>(l[i])));
     } else {
@@ -68,21 +68,21 @@ void gate_forward(const GateConfig& cfg, const float* logits, int N, Selection& 
       const int c = order[k];
       sel.choice[static_cast<size_t>(t) * K + k] = c;
       // A SKIP class keeps its share: the real modules' weights then sum to less than one.
-      sel.weight[static_cast<size_t>(t) * K + k] = static_cast<float>(cfg.renormalise ? p[c] / selected : p[c]);
+      sel.weight[static_cast<size_t>(t) * K + k] = cfg.renormalise ? p[c] / selected : p[c];
     }
-    for (int i = 0; i < C; ++i) sel.probs[static_cast<size_t>(t) * C + i] = static_cast<float>(p[i]);
+    for (int i = 0; i < C; ++i) sel.probs[static_cast<size_t>(t) * C + i] = p[i];
   }
 }
 
-void gate_backward(const GateConfig& cfg, const Selection& sel, const float* dweight, const double* dprobs_extra,
-                   float* dlogits) {
+void gate_backward(const GateConfig& cfg, const Selection& sel, const double* dweight, const double* dprobs_extra,
+                   double* dlogits) {
   check_config(cfg);
   const int C = sel.classes, K = sel.K;
   std::vector<double> dp(C);
   for (int t = 0; t < sel.N; ++t) {
-    const float* p = sel.probs.data() + static_cast<size_t>(t) * C;
+    const double* p = sel.probs.data() + static_cast<size_t>(t) * C;
     const int32_t* choice = sel.choice.data() + static_cast<size_t>(t) * K;
-    const float* dg = dweight + static_cast<size_t>(t) * K;
+    const double* dg = dweight + static_cast<size_t>(t) * K;
     for (int i = 0; i < C; ++i) dp[i] = dprobs_extra ? dprobs_extra[static_cast<size_t>(t) * C + i] : 0.0;
     if (cfg.renormalise) {
       // g_k = p_{c_k} / S with S = Σ_selected p: ∂g_k/∂p_{c_j} = (δ_kj − g_k) / S, hence
@@ -96,14 +96,14 @@ void gate_backward(const GateConfig& cfg, const Selection& sel, const float* dwe
     } else {
       for (int k = 0; k < K; ++k) dp[choice[k]] += dg[k];
     }
-    float* dl = dlogits + static_cast<size_t>(t) * C;
+    double* dl = dlogits + static_cast<size_t>(t) * C;
     if (cfg.sigmoid) {
-      for (int i = 0; i < C; ++i) dl[i] += static_cast<float>(dp[i] * p[i] * (1.0 - p[i]));
+      for (int i = 0; i < C; ++i) dl[i] += dp[i] * p[i] * (1.0 - p[i]);
     } else {
       // p = softmax(l/τ): ∂L/∂l_i = p_i·(dp_i − Σ_j p_j·dp_j) / τ.
       double dot = 0;
       for (int i = 0; i < C; ++i) dot += p[i] * dp[i];
-      for (int i = 0; i < C; ++i) dl[i] += static_cast<float>(p[i] * (dp[i] - dot) / cfg.temperature);
+      for (int i = 0; i < C; ++i) dl[i] += p[i] * (dp[i] - dot) / cfg.temperature;
     }
   }
 }
@@ -129,12 +129,12 @@ double balance_loss(const Selection& sel, double scale, double* dprobs) {
   return loss;
 }
 
-double z_loss(const float* logits, int N, int classes, double scale, float* dlogits) {
+double z_loss(const double* logits, int N, int classes, double scale, double* dlogits) {
   if (N == 0) return 0;
   double total = 0;
   std::vector<double> e(classes);
   for (int t = 0; t < N; ++t) {
-    const float* l = logits + static_cast<size_t>(t) * classes;
+    const double* l = logits + static_cast<size_t>(t) * classes;
     double mx = -INFINITY;
     for (int i = 0; i < classes; ++i) mx = std::max(mx, static_cast<double>(l[i]));
     double sum = 0;
@@ -144,7 +144,7 @@ double z_loss(const float* logits, int N, int classes, double scale, float* dlog
     if (dlogits) {
       // ∂(lse²/N)/∂l_i = 2·lse·softmax(l)_i / N.
       const double factor = scale * 2.0 * lse / N;
-      for (int i = 0; i < classes; ++i) dlogits[static_cast<size_t>(t) * classes + i] += static_cast<float>(factor * e[i] / sum);
+      for (int i = 0; i < classes; ++i) dlogits[static_cast<size_t>(t) * classes + i] += factor * e[i] / sum;
     }
   }
   return total / N;

@@ -24,24 +24,24 @@ struct GateConfig {
 // One routing decision for N tokens, on the host.
 struct Selection {
   int N = 0, K = 0, classes = 0;
-  std::vector<float> probs;     // [N, classes]
+  std::vector<double> probs;    // [N, classes]
   std::vector<int32_t> choice;  // [N, K] class ids in descending probability (ties: lower id)
-  std::vector<float> weight;    // [N, K] g_{t,k}
+  std::vector<double> weight;   // [N, K] g_{t,k}
 };
 
 // probs, choice and weight from logits [N, classes].
-void gate_forward(const GateConfig& cfg, const float* logits, int N, Selection& sel);
+void gate_forward(const GateConfig& cfg, const double* logits, int N, Selection& sel);
 // dlogits[N, classes] (+=) from dweight[N, K] (∂L/∂g) and dprobs_extra[N, classes] (∂L/∂p
 // from the balancing loss; may be null). The choice itself is not differentiated.
-void gate_backward(const GateConfig& cfg, const Selection& sel, const float* dweight, const double* dprobs_extra,
-                   float* dlogits);
+void gate_backward(const GateConfig& cfg, const Selection& sel, const double* dweight, const double* dprobs_extra,
+                   double* dlogits);
 
 // Switch-style balance: L = classes · Σ_i f_i·P_i, f_i = share of (token, choice) assignments
 // to class i (counted over all classes, SKIP included), P_i = mean_t p_{t,i}. Returns L and
 // adds scale·∂L/∂p into dprobs [N, classes] (when not null).
 double balance_loss(const Selection& sel, double scale, double* dprobs);
 // Router z-loss: mean_t logsumexp(logits_t)²; adds scale·∂/∂logits into dlogits (when not null).
-double z_loss(const float* logits, int N, int classes, double scale, float* dlogits);
+double z_loss(const double* logits, int N, int classes, double scale, double* dlogits);
 
 // Per-decision statistics for the metrics.
 struct RoutingStats {

@@ -2,10 +2,9 @@
 // f64, gating's backward against finite differences of an independent double-precision
 // reference, and dispatch plans against hand-computed cases.
 //
-// Gating works in float at its interface (the logits come off the device as float), so its
-// gradients can only be checked to float precision; the finite differences themselves are
-// taken on a double reference of the same math with the selection held fixed (top-K is
-// piecewise constant, so the test logits keep clear gaps between the classes).
+// Gating works in double on the host; its finite differences are taken on an independent
+// double reference of the same math with the selection held fixed (top-K is piecewise
+// constant, so the test logits keep clear gaps between the classes).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -259,8 +258,8 @@ struct GateCase {
 class GateBackward : public ::testing::TestWithParam<GateCase> {};
 
 // Logits with clear gaps between classes (≥ 0.3 apart inside a row), so ±1e-5 never reorders.
-std::vector<float> gapped_logits(int N, int C, Rng& rng) {
-  std::vector<float> l(static_cast<size_t>(N) * C);
+std::vector<double> gapped_logits(int N, int C, Rng& rng) {
+  std::vector<double> l(static_cast<size_t>(N) * C);
   for (int t = 0; t < N; ++t) {
     std::vector<int> perm(C);
     for (int i = 0; i < C; ++i) perm[i] = i;
@@ -275,7 +274,7 @@ TEST_P(GateBackward, MatchesFiniteDifferences) {
   const GateConfig& cfg = gc.cfg;
   const int N = 6, C = cfg.classes, K = cfg.top_k;
   Rng rng(21);
-  std::vector<float> logits = gapped_logits(N, C, rng);
+  std::vector<double> logits = gapped_logits(N, C, rng);
   // With SKIP in play, token 0 puts SKIP (the last class) on top so it is surely selected.
   if (gc.expect_skip) logits[C - 1] = 2.0f;
   Selection sel;
@@ -304,7 +303,7 @@ TEST_P(GateBackward, MatchesFiniteDifferences) {
   EXPECT_EQ(saw_skip, gc.expect_skip);
 
   // The objective in double, selection fixed: Σ dw ⊙ g + c_bal·L_bal + c_z·L_z.
-  std::vector<float> dweight(static_cast<size_t>(N) * K);
+  std::vector<double> dweight(static_cast<size_t>(N) * K);
   for (auto& v : dweight) v = static_cast<float>(rng.normal());
   const double c_bal = 0.7, c_z = 0.3;
   auto objective = [&](const std::vector<double>& l, bool with_g, bool with_bal, bool with_z) {
@@ -335,9 +334,9 @@ TEST_P(GateBackward, MatchesFiniteDifferences) {
   };
   for (const Part part : {Part{"g", true, false, false}, Part{"balance", false, true, false},
                           Part{"z-loss", false, false, true}, Part{"all", true, true, true}}) {
-    std::vector<float> dl(logits.size(), 0.0f);
+    std::vector<double> dl(logits.size(), 0.0f);
     std::vector<double> dprobs(logits.size(), 0.0);
-    std::vector<float> dw = dweight;
+    std::vector<double> dw = dweight;
     if (!part.g) std::fill(dw.begin(), dw.end(), 0.0f);
     if (part.bal) {
       const double L = balance_loss(sel, c_bal, dprobs.data());
@@ -352,9 +351,8 @@ TEST_P(GateBackward, MatchesFiniteDifferences) {
     }
     std::vector<double> l(logits.begin(), logits.end()), grad(dl.begin(), dl.end());
     const std::string what = std::string(gc.name) + " " + part.what;
-    // The analytic side is float (float probabilities in, float dlogits out): float precision.
     check_grad(what.c_str(), l.data(), l.size(), grad.data(),
-               [&] { return objective(l, part.g, part.bal, part.z); }, 2e-6);
+               [&] { return objective(l, part.g, part.bal, part.z); }, 1e-7);
   }
 }
 
@@ -386,7 +384,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Gating, TiesGoToTheLowerIdAndSkipKeepsItsShare) {
   const GateConfig cfg = gate(4, 3, 2, 1.0, false, true);
   // Token 0: classes 1 and 2 tie for the top; token 1: SKIP (class 3) tops, module 0 second.
-  const std::vector<float> logits = {0.0f, 1.0f, 1.0f, -1.0f, 0.5f, -2.0f, -2.0f, 1.5f};
+  const std::vector<double> logits = {0.0f, 1.0f, 1.0f, -1.0f, 0.5f, -2.0f, -2.0f, 1.5f};
   Selection sel;
   gate_forward(cfg, logits.data(), 2, sel);
   EXPECT_EQ(sel.choice, (std::vector<int32_t>{1, 2, 3, 0}));
@@ -396,7 +394,7 @@ TEST(Gating, TiesGoToTheLowerIdAndSkipKeepsItsShare) {
   EXPECT_NEAR(sel.weight[2], std::exp(1.5) / (std::exp(1.5) + std::exp(0.5)), 1e-7);
   EXPECT_NEAR(sel.weight[3], std::exp(0.5) / (std::exp(1.5) + std::exp(0.5)), 1e-7);
   // Huge logits at a small temperature stay finite (max-subtraction).
-  const std::vector<float> big = {1000.0f, 999.0f, -1000.0f, 0.0f};
+  const std::vector<double> big = {1000.0f, 999.0f, -1000.0f, 0.0f};
   gate_forward(gate(4, 4, 1, 0.2, false, false), big.data(), 1, sel);
   EXPECT_NEAR(sel.probs[0], 1 / (1 + std::exp(-5.0)), 1e-7);
   EXPECT_EQ(sel.choice[0], 0);
@@ -407,23 +405,23 @@ TEST(Gating, BalanceLossIsOneWhenUniform) {
   // Two mirrored tokens over 4 classes whose K=2 choices cover every class once: the mean
   // probabilities P_i and the shares f_i are all 1/4, L = 4·Σ 1/16 = 1, the balanced value.
   const GateConfig cfg = gate(4, 4, 2, 1.0, false, true);
-  const std::vector<float> logits = {1.0f, 1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f, 1.0f};
+  const std::vector<double> logits = {1.0f, 1.0f, 0.0f, 0.0f, 0.0f, 0.0f, 1.0f, 1.0f};
   Selection sel;
   gate_forward(cfg, logits.data(), 2, sel);
   EXPECT_NEAR(balance_loss(sel, 1.0, nullptr), 1.0, 1e-7);
   // z-loss of a row of zeros over C classes is log(C)².
-  const std::vector<float> zeros(3 * 4, 0.0f);
+  const std::vector<double> zeros(3 * 4, 0.0f);
   EXPECT_NEAR(z_loss(zeros.data(), 3, 4, 1.0, nullptr), std::pow(std::log(4.0), 2), 1e-12);
 }
 
 // ---------------------------------------------------------------- dispatch plans
 
 // A Selection from explicit choices and per-token probabilities.
-Selection make_selection(int N, int K, int classes, std::vector<int32_t> choice, std::vector<float> probs = {}) {
+Selection make_selection(int N, int K, int classes, std::vector<int32_t> choice, std::vector<double> probs = {}) {
   Selection s;
   s.N = N, s.K = K, s.classes = classes;
   s.choice = std::move(choice);
-  s.probs = probs.empty() ? std::vector<float>(static_cast<size_t>(N) * classes, 1.0f / classes) : std::move(probs);
+  s.probs = probs.empty() ? std::vector<double>(static_cast<size_t>(N) * classes, 1.0f / classes) : std::move(probs);
   s.weight.assign(static_cast<size_t>(N) * K, 0.5f);
   return s;
 }
@@ -524,7 +522,7 @@ TEST(DispatchPlan, CapacityByLowestProbability) {
   // N=5, K=1, 2 modules, factor 0.8: cap = ceil(0.8·5/2) = 2. Module 0 is chosen by tokens
   // 0,1,2,3 with p = 0.6, 0.9, 0.6, 0.7: keep 1 (0.9) and 3 (0.7); 0 and 2 tie at 0.6, both
   // below, both dropped. Module 1 (token 4) fits.
-  const std::vector<float> probs = {0.6f, 0.4f, 0.9f, 0.1f, 0.6f, 0.4f, 0.7f, 0.3f, 0.2f, 0.8f};
+  const std::vector<double> probs = {0.6f, 0.4f, 0.9f, 0.1f, 0.6f, 0.4f, 0.7f, 0.3f, 0.2f, 0.8f};
   const Selection sel = make_selection(5, 1, 2, {0, 0, 0, 0, 1}, probs);
   const DispatchPlan plan = make_plan(sel, 2, {0.8, DropPolicy::LowestProbability});
   expect_consistent(sel, plan, 2);

@@ -55,7 +55,7 @@ std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& c, int 
 struct Side {
   router::Selection sel;
   router::DispatchPlan plan;
-  std::vector<float> logits;        // host copy, for the z-loss gradient
+  std::vector<double> logits;       // host copy, for the z-loss gradient
   std::vector<double> dprobs_aux;   // ∂(balance loss)/∂p, before the loss scale
   router::RoutingStats stats;
   double balance = 0, z = 0;        // scaled loss values
@@ -159,7 +159,7 @@ struct RoutedStage::Impl {
       lg_view.shape = Shape{N, classes};
       net->forward(h, x, lg_view);
       side.logits.resize(static_cast<size_t>(N) * classes);
-      copy_to_host_f32(side.logits.data(), lg_view);
+      to_host(side.logits.data(), lg_view);
       const router::GateConfig gc{classes, modules, K, cfg.temperature, cfg.sigmoid, cfg.renormalise};
       router::gate_forward(gc, side.logits.data(), N, side.sel);
       const double scale = aux_scale / cfg.steps;
@@ -170,28 +170,29 @@ struct RoutedStage::Impl {
       if (cfg.z_coef > 0) side.z = cfg.z_coef * scale * router::z_loss(side.logits.data(), N, classes, 0, nullptr);
     } else {
       side.sel.N = N, side.sel.K = 1, side.sel.classes = classes;
-      side.sel.probs.assign(static_cast<size_t>(N) * classes, 0.f);
+      side.sel.probs.assign(static_cast<size_t>(N) * classes, 0.0);
       side.sel.choice.assign(static_cast<size_t>(N), mode == RoutingMode::Forced ? h % modules : 0);
-      side.sel.weight.assign(static_cast<size_t>(N), 1.f);
-      for (int t = 0; t < N; ++t) side.sel.probs[static_cast<size_t>(t) * classes + side.sel.choice[t]] = 1.f;
+      side.sel.weight.assign(static_cast<size_t>(N), 1.0);
+      for (int t = 0; t < N; ++t) side.sel.probs[static_cast<size_t>(t) * classes + side.sel.choice[t]] = 1.0;
     }
     const router::CapacityConfig cap = is_ffn ? cfg.capacity : router::CapacityConfig{};
     side.plan = router::make_plan(side.sel, modules, cap);
     side.stats = router::routing_stats(side.sel, side.plan, modules);
     be().copy_from_host(side.rows.rows(0, side.plan.M()), side.plan.rows.data());
     be().copy_from_host(side.slot, side.plan.slot.data());
-    copy_from_host_f32(side.weight, side.sel.weight.data());
+    from_host(side.weight, side.sel.weight.data());
   }
 
-  void copy_to_host_f32(float* dst, const Tensor& t) {
-    if (t.dtype == DType::F32) return be().copy_to_host(dst, t);
-    std::vector<double> tmp(static_cast<size_t>(t.numel()));
+  // Host routing math is in double; device tensors are in the model's dtype.
+  void to_host(double* dst, const Tensor& t) {
+    if (t.dtype == DType::F64) return be().copy_to_host(dst, t);
+    std::vector<float> tmp(static_cast<size_t>(t.numel()));
     be().copy_to_host(tmp.data(), t);
-    for (size_t i = 0; i < tmp.size(); ++i) dst[i] = static_cast<float>(tmp[i]);
+    for (size_t i = 0; i < tmp.size(); ++i) dst[i] = tmp[i];
   }
-  void copy_from_host_f32(const Tensor& t, const float* src) {
-    if (t.dtype == DType::F32) return be().copy_from_host(t, src);
-    std::vector<double> tmp(src, src + t.numel());
+  void from_host(const Tensor& t, const double* src) {
+    if (t.dtype == DType::F64) return be().copy_from_host(t, src);
+    std::vector<float> tmp(src, src + t.numel());
     be().copy_from_host(t, tmp.data());
   }
 
@@ -256,23 +257,23 @@ struct RoutedStage::Impl {
                        const Tensor& x, const Tensor& dres, double loss_scale) {
     if (mode != RoutingMode::Learned) return;
     const int classes = classes_of(cfg, modules);
-    std::vector<float> dw(static_cast<size_t>(N) * K);
+    std::vector<double> dw(static_cast<size_t>(N) * K);
     Tensor dw_view = dweight;  // the first N·K elements, as [N, K]
     dw_view.shape = Shape{N, K};
-    copy_to_host_f32(dw.data(), dw_view);
+    to_host(dw.data(), dw_view);
     std::vector<double> extra;
     if (!side.dprobs_aux.empty()) {
       extra = side.dprobs_aux;
       for (double& v : extra) v *= loss_scale;
     }
-    std::vector<float> dl(static_cast<size_t>(N) * classes, 0.f);
+    std::vector<double> dl(static_cast<size_t>(N) * classes, 0.0);
     const router::GateConfig gc{classes, modules, K, cfg.temperature, cfg.sigmoid, cfg.renormalise};
     router::gate_backward(gc, side.sel, dw.data(), extra.empty() ? nullptr : extra.data(), dl.data());
     if (cfg.z_coef > 0)
       router::z_loss(side.logits.data(), N, classes, cfg.z_coef * aux_scale / cfg.steps * loss_scale, dl.data());
     Tensor dlg = dlogits;
     dlg.shape = Shape{N, classes};
-    copy_from_host_f32(dlg, dl.data());
+    from_host(dlg, dl.data());
     net->backward(h, x, dlg, dres);
   }
 
