@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   mom::jobs::add_generate_command(app);
   mom::jobs::add_ckpt_command(app);
   mom::jobs::add_bench_command(app);
+  mom::jobs::add_convert_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
