@@ -96,7 +96,7 @@ void mom_to_hf(const std::filesystem::path& in, const std::filesystem::path& dir
 }  // namespace
 
 void add_convert_command(CLI::App& app) {
-  CLI::App* convert = app.add_subcommand("convert", "Convert models to and from Hugging Face GPT-2 folders");
+  CLI::App* convert = app.add_subcommand("convert", "Convert models: Hugging Face GPT-2 in and out, dense to MoM or MoE");
   convert->require_subcommand(1);
   struct Args {
     std::string from, to;
@@ -117,6 +117,7 @@ void add_convert_command(CLI::App& app) {
   out->add_option("dir", args->to, "Folder to write (created when missing)")->required();
   out->add_flag("--force", args->force, "Replace existing files in the folder");
   out->callback([args] { mom_to_hf(args->from, args->to, args->force); });
+  add_two_stage_commands(*convert);
 }
 
 }  // namespace mom::jobs

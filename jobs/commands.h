@@ -12,5 +12,7 @@ void add_generate_command(CLI::App& app);
 void add_ckpt_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+// dense-to-mom and dense-to-moe, under `convert`.
+void add_two_stage_commands(CLI::App& convert);
 
 }  // namespace mom::jobs
