@@ -196,6 +196,40 @@ void Gpt2::prepare(int B, int T) {
 
 size_t Gpt2::activation_bytes() const { return act_ ? act_->arena->used() : 0; }
 
+int64_t Gpt2::active_parameters() const {
+  int64_t total = 0;
+  for (size_t i = 0; i < params_->size(); ++i) {
+    const std::string& name = params_->specs()[i].name;
+    if (name.rfind("chunks/", 0) != 0 && name.rfind("moe/", 0) != 0) total += params_->param(i).numel();
+  }
+  for (int r = 0; r < static_cast<int>(stages_.size()); ++r) {
+    const RoutedStageConfig& st = stages_[r]->config();
+    const std::string prefix = stage_prefix(cfg_, r);
+    int64_t per_step = 0;
+    for (size_t i = 0; i < params_->size(); ++i) {
+      const std::string& name = params_->specs()[i].name;
+      if (name.rfind(prefix, 0) != 0) continue;
+      const std::string local = name.substr(prefix.size());
+      const int64_t n = params_->param(i).numel();
+      if (local.rfind("attn/", 0) == 0)
+        per_step += n / st.attn_modules * (st.attn_routing == RoutingMode::Learned ? st.top_k : 1);
+      else if (local.rfind("ffn/", 0) == 0)
+        per_step += n / st.ffn_modules * (st.ffn_routing == RoutingMode::Learned ? st.top_k : 1);
+      else
+        per_step += n;  // routers and the shared expert run once a step
+    }
+    total += per_step * st.steps;
+  }
+  return total;
+}
+
+double Gpt2::flops_per_token(int T) const {
+  int64_t attention_layers = cfg_.n_layer;
+  for (const auto& st : stages_) attention_layers += st->config().steps;
+  return 6.0 * static_cast<double>(active_parameters()) +
+         6.0 * static_cast<double>(attention_layers) * cfg_.n_embd * T;
+}
+
 double Gpt2::aux_loss() const {
   double s = 0;
   for (const auto& st : stages_) s += st->aux_loss();

@@ -70,6 +70,13 @@ class Gpt2 {
   // over) and returns the logits after the last one. pos + n must not exceed n_ctx.
   void decode(const int32_t* tokens, int n, int pos, std::vector<float>& out);
 
+  // Parameters one token uses in a forward pass: everything outside the pools, plus, for each
+  // assembly step of each routed stage, top_k attention modules, top_k FFN modules, the
+  // routers and the shared expert (nominal: SKIP choices make the real count lower).
+  int64_t active_parameters() const;
+  // Training FLOPs per token, llm.c's form: 6·active + 6·(attention layers)·C·T, where every
+  // assembly step counts as an attention layer.
+  double flops_per_token(int T) const;
   // Auxiliary (balance and z) loss of the last forward, summed over routed stages.
   double aux_loss() const;
   // Routing statistics of the last forward: per stage, per step, per router.

@@ -134,9 +134,20 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts) {
   std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
   require(static_cast<bool>(metrics), "cannot write metrics to '" + (run_dir / "metrics.jsonl").string() + "'");
 
-  std::printf("model: %d layers, width %d, %d heads, context %d, vocab %d: %.2fM parameters; %s, %d threads\n",
-              cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx, cfg.model.vocab_size,
+  std::printf("model: %d dense layers + %zu routed stages, width %d, %d heads, context %d, vocab %d: %.2fM "
+              "parameters; %s, %d threads\n",
+              cfg.model.n_layer, model.stages().size(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
+              cfg.model.vocab_size,
               static_cast<double>(model.params().num_elements()) / 1e6, be.name().c_str(), be.num_threads());
+  std::printf("active parameters per token %.2fM | %.3f GFLOP per training token\n",
+              static_cast<double>(model.active_parameters()) / 1e6, model.flops_per_token(tc.seq_len) / 1e9);
+  metrics << nlohmann::json{{"event", "start"},
+                            {"parameters", model.params().num_elements()},
+                            {"active_parameters", model.active_parameters()},
+                            {"flops_per_token", model.flops_per_token(tc.seq_len)},
+                            {"start_step", st.step}}
+                 .dump()
+          << "\n";
   std::printf("data: %llu training tokens, batch %d x %d x %d accumulation = %lld tokens a step\n",
               static_cast<unsigned long long>(train_loader.num_tokens()), B, T, tc.grad_accum, static_cast<long long>(B) * T * tc.grad_accum);
   std::fflush(stdout);
