@@ -16,6 +16,7 @@
 // - Every op accepts F32 and F64 tensors (F64 is for finite-difference tests); token ids are I32.
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -103,6 +104,14 @@ class Backend {
   // (dweight may be empty).
   virtual void combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout,
                                      const Tensor& buf, const Tensor& slot, const Tensor& weight) = 0;
+
+  // Runs body(j) for the modules j = 0..n-1 of a pool, whose work touches disjoint rows and
+  // parameters. The CPU backend runs modules side by side, one thread each (a grouped GEMM:
+  // many small GEMMs gain more from running whole than from being split across threads); a
+  // GPU backend may use streams. The default is a plain loop.
+  virtual void run_modules(int n, const std::function<void(int)>& body) {
+    for (int j = 0; j < n; ++j) body(j);
+  }
 
   // ---- elementwise
   virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;   // out = a + b

@@ -1,5 +1,6 @@
-// `mom bench train`: times training steps of a config's model on synthetic tokens and reports
-// step time, peak RSS and the memory the step needs in principle, as JSON for
+// `mom bench train`: times training steps of a config's model on synthetic tokens (outside the
+// timed region: zeroing the gradients) and reports step time, its forward+backward part, peak
+// RSS and the memory the step needs in principle, as JSON for
 // jobs/bench/cpu_vs_torch.py, which runs PyTorch on the same model beside it.
 #include <sys/resource.h>
 
@@ -44,20 +45,29 @@ void add_bench_command(CLI::App& app) {
     const int B = cfg.train.batch_size, T = cfg.train.seq_len;
     Rng rng(cfg.train.seed);
     std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
-    std::vector<double> ms;
+    // Full step (forward, backward, clipping, AdamW) and its forward+backward part alone: the
+    // optimizer's cost scales with all parameters, the layers' with the active ones.
+    std::vector<double> ms, fwd_bwd_ms;
     for (int s = 0; s < args->warmup + args->steps; ++s) {
       for (auto& t : x) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(cfg.model.vocab_size)));
       for (auto& t : y) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(cfg.model.vocab_size)));
-      const auto t0 = std::chrono::steady_clock::now();
       model.params().zero_grads();
+      be.synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
       model.forward_backward(x.data(), y.data(), B, T, 1.0 / (static_cast<double>(B) * T));
+      be.synchronize();
+      const auto t1 = std::chrono::steady_clock::now();
       clip_grad_norm(model.params(), cfg.train.grad_clip);
       opt.step(cfg.train.lr);
       be.synchronize();
-      const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      if (s >= args->warmup) ms.push_back(dt);
+      const auto t2 = std::chrono::steady_clock::now();
+      if (s >= args->warmup) {
+        ms.push_back(std::chrono::duration<double, std::milli>(t2 - t0).count());
+        fwd_bwd_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      }
     }
     std::sort(ms.begin(), ms.end());
+    std::sort(fwd_bwd_ms.begin(), fwd_bwd_ms.end());
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
     const double param_bytes = static_cast<double>(model.params().num_elements()) * 4.0;
@@ -67,6 +77,7 @@ void add_bench_command(CLI::App& app) {
         {"parameters", model.params().num_elements()},
         {"step_ms_median", ms[ms.size() / 2]},
         {"step_ms_min", ms.front()},
+        {"fwd_bwd_ms_median", fwd_bwd_ms[fwd_bwd_ms.size() / 2]},
         {"peak_rss_bytes", static_cast<double>(ru.ru_maxrss) * 1024.0},
         // parameters + gradients + two AdamW moments, and what forward keeps for backward
         {"needed_state_bytes", 4.0 * param_bytes},

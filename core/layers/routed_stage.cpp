@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/layers/attention_sublayer.h"
 #include "core/layers/mlp_sublayer.h"
 #include "router/gating.h"
 
@@ -43,9 +44,11 @@ std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& c, int 
                               {prefix + "attn/proj_bias", Shape{NA, C}, false, 0, 0}};
   for (auto& p : mlp_pool_specs(prefix + "ffn/", NF, C, resid_std)) s.push_back(p);
   if (c.attn_routing == RoutingMode::Learned)
-    for (auto& p : router::router_param_specs(router_cfg(c, C64, c.attn_modules), prefix + "router_attn/")) s.push_back(p);
+    for (auto& p : router::router_param_specs(router_cfg(c, C64, c.attn_modules), prefix + "router_attn/"))
+      s.push_back(p);
   if (c.ffn_routing == RoutingMode::Learned)
-    for (auto& p : router::router_param_specs(router_cfg(c, C64, c.ffn_modules), prefix + "router_ffn/")) s.push_back(p);
+    for (auto& p : router::router_param_specs(router_cfg(c, C64, c.ffn_modules), prefix + "router_ffn/"))
+      s.push_back(p);
   if (c.shared_expert)
     for (auto& p : mlp_pool_specs(prefix + "shared/", 1, C, resid_std)) s.push_back(p);
   return s;
@@ -55,11 +58,11 @@ std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& c, int 
 struct Side {
   router::Selection sel;
   router::DispatchPlan plan;
-  std::vector<double> logits;       // host copy, for the z-loss gradient
-  std::vector<double> dprobs_aux;   // ∂(balance loss)/∂p, before the loss scale
+  std::vector<double> logits;      // host copy, for the z-loss gradient
+  std::vector<double> dprobs_aux;  // ∂(balance loss)/∂p, before the loss scale
   router::RoutingStats stats;
-  double balance = 0, z = 0;        // scaled loss values
-  Tensor rows, slot, weight;        // device: I32 [N·K], I32 [N,K], [N,K]
+  double balance = 0, z = 0;  // scaled loss values
+  Tensor rows, slot, weight;  // device: I32 [N·K], I32 [N,K], [N,K]
 };
 
 struct StepStash {
@@ -89,7 +92,8 @@ struct RoutedStage::Impl {
   Impl(const RoutedStageConfig& c, const ParameterStore& p, std::string pre, int c_, int nh, double e)
       : cfg(c), P(p), prefix(std::move(pre)), C(c_), n_head(nh), eps(e) {
     if (cfg.attn_routing == RoutingMode::Learned)
-      router_attn = std::make_unique<router::RouterNet>(router_cfg(cfg, C, cfg.attn_modules), P, prefix + "router_attn/");
+      router_attn =
+          std::make_unique<router::RouterNet>(router_cfg(cfg, C, cfg.attn_modules), P, prefix + "router_attn/");
     if (cfg.ffn_routing == RoutingMode::Learned)
       router_ffn = std::make_unique<router::RouterNet>(router_cfg(cfg, C, cfg.ffn_modules), P, prefix + "router_ffn/");
     Ka = cfg.attn_routing == RoutingMode::Learned ? cfg.top_k : 1;
@@ -97,9 +101,7 @@ struct RoutedStage::Impl {
   }
 
   Backend& be() const { return P.backend(); }
-  Tensor param(const char* side, const char* name, int j) const {
-    return P.param(prefix + side + "/" + name)[j];
-  }
+  Tensor param(const char* side, const char* name, int j) const { return P.param(prefix + side + "/" + name)[j]; }
   Tensor grad(const char* side, const char* name, int j) const { return P.grad(prefix + side + "/" + name)[j]; }
   MlpWeights mlp(const char* side, int j, bool grads) const {
     auto g = [&](const char* n) { return grads ? grad(side, n, j) : param(side, n, j); };
@@ -121,14 +123,17 @@ struct RoutedStage::Impl {
           const int64_t K = side == &s.attn ? Ka : Kf;
           side->rows = t(Shape{n * K}, i32), side->slot = t(Shape{n, K}, i32), side->weight = t(Shape{n, K}, f);
         }
-        s.a_in = t(Shape{Ma, c}, f), s.a_ln = t(Shape{Ma, c}, f), s.a_mean = t(Shape{Ma}, f), s.a_rstd = t(Shape{Ma}, f);
+        s.a_in = t(Shape{Ma, c}, f), s.a_ln = t(Shape{Ma, c}, f), s.a_mean = t(Shape{Ma}, f),
+        s.a_rstd = t(Shape{Ma}, f);
         s.a_qkv_rows = t(Shape{Ma, 3 * c}, f), s.qkv = t(Shape{n, 3 * c}, f);
         s.probs = t(Shape{B, n_head, T, T}, f), s.att = t(Shape{n, c}, f);
         s.o_rows = t(Shape{Ma, c}, f), s.proj_rows = t(Shape{Ma, c}, f);
         s.f_in = t(Shape{Mf, c}, f), s.f_out = t(Shape{Mf, c}, f);
-        s.f_stash = {t(Shape{Mf, c}, f), t(Shape{Mf}, f), t(Shape{Mf}, f), t(Shape{Mf, 4 * c}, f), t(Shape{Mf, 4 * c}, f)};
+        s.f_stash = {t(Shape{Mf, c}, f), t(Shape{Mf}, f), t(Shape{Mf}, f), t(Shape{Mf, 4 * c}, f),
+                     t(Shape{Mf, 4 * c}, f)};
         if (cfg.shared_expert)
-          s.shared_stash = {t(Shape{n, c}, f), t(Shape{n}, f), t(Shape{n}, f), t(Shape{n, 4 * c}, f), t(Shape{n, 4 * c}, f)};
+          s.shared_stash = {t(Shape{n, c}, f), t(Shape{n}, f), t(Shape{n}, f), t(Shape{n, 4 * c}, f),
+                            t(Shape{n, 4 * c}, f)};
       }
       logits = t(Shape{n, max_classes}, f), dlogits = t(Shape{n, max_classes}, f), dweight = t(Shape{n, Kmax}, f);
       dy = t(Shape{n, c}, f), datt = t(Shape{n, c}, f), dqkv = t(Shape{n, 3 * c}, f), branch = t(Shape{n, c}, f);
@@ -139,7 +144,10 @@ struct RoutedStage::Impl {
     };
     steps.assign(static_cast<size_t>(H), StepStash{});
     ArenaPlan plan;
-    layout([&](Shape s, DType d) { plan.add(s, d); return Tensor{}; });
+    layout([&](Shape s, DType d) {
+      plan.add(s, d);
+      return Tensor{};
+    });
     arena.reset();
     arena = std::make_unique<Arena>(be(), plan.bytes());
     layout([&](Shape s, DType d) { return arena->alloc(s, d); });
@@ -165,7 +173,8 @@ struct RoutedStage::Impl {
       const double scale = aux_scale / cfg.steps;
       if (cfg.balance_coef > 0) {
         side.dprobs_aux.assign(side.sel.probs.size(), 0.0);
-        side.balance = cfg.balance_coef * scale * router::balance_loss(side.sel, cfg.balance_coef * scale, side.dprobs_aux.data());
+        side.balance =
+            cfg.balance_coef * scale * router::balance_loss(side.sel, cfg.balance_coef * scale, side.dprobs_aux.data());
       }
       if (cfg.z_coef > 0) side.z = cfg.z_coef * scale * router::z_loss(side.logits.data(), N, classes, 0, nullptr);
     } else {
@@ -204,45 +213,61 @@ struct RoutedStage::Impl {
       // ---- attention assembly: per-module LN + QKV, summed; one shared causal attention;
       // per-module output projection, combined with the routing weights.
       b.copy(s.xa, x);
-      route(s.attn, cfg.attn_routing, router_attn.get(), cfg.attn_modules, Ka, h, x, false);
-      const auto& pa = s.attn.plan;
-      const int64_t Ma = pa.M();
-      b.gather_rows(s.a_in.rows(0, Ma), x, s.attn.rows.rows(0, Ma));
-      for (int j = 0; j < cfg.attn_modules; ++j) {
-        const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-        if (r0 == r1) continue;
-        b.layernorm_forward(s.a_ln.rows(r0, r1), s.a_mean.rows(r0, r1), s.a_rstd.rows(r0, r1), s.a_in.rows(r0, r1),
-                            param("attn", "ln_weight", j), param("attn", "ln_bias", j), eps);
-        b.matmul_forward(s.a_qkv_rows.rows(r0, r1), s.a_ln.rows(r0, r1), param("attn", "qkv_weight", j),
-                         param("attn", "qkv_bias", j));
+      if (cfg.attn_routing == RoutingMode::Single) {
+        // One module, every token, weight 1 (MoE's attention): the dense sub-layer itself, no
+        // dispatch.
+        attention_sublayer_forward(b, attn_weights(0, false), single_stash(s), x, branch, {B, T, n_head, eps});
+        b.accumulate(x, branch);
+      } else {
+        route(s.attn, cfg.attn_routing, router_attn.get(), cfg.attn_modules, Ka, h, x, false);
+        const auto& pa = s.attn.plan;
+        const int64_t Ma = pa.M();
+        b.gather_rows(s.a_in.rows(0, Ma), x, s.attn.rows.rows(0, Ma));
+        b.run_modules(cfg.attn_modules, [&](int j) {
+          const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
+          if (r0 == r1) return;
+          b.layernorm_forward(s.a_ln.rows(r0, r1), s.a_mean.rows(r0, r1), s.a_rstd.rows(r0, r1), s.a_in.rows(r0, r1),
+                              param("attn", "ln_weight", j), param("attn", "ln_bias", j), eps);
+          b.matmul_forward(s.a_qkv_rows.rows(r0, r1), s.a_ln.rows(r0, r1), param("attn", "qkv_weight", j),
+                           param("attn", "qkv_bias", j));
+        });
+        b.zero(s.qkv);
+        b.combine_rows(s.qkv, s.a_qkv_rows, s.attn.slot, cfg.weighted_qkv ? s.attn.weight : Tensor{});
+        b.attention_forward(s.att.reshaped(Shape{B, T, C}), s.probs, s.qkv.reshaped(Shape{B, T, 3 * C}), n_head);
+        b.gather_rows(s.o_rows.rows(0, Ma), s.att, s.attn.rows.rows(0, Ma));
+        b.run_modules(cfg.attn_modules, [&](int j) {
+          const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
+          if (r0 == r1) return;
+          b.matmul_forward(s.proj_rows.rows(r0, r1), s.o_rows.rows(r0, r1), param("attn", "proj_weight", j),
+                           param("attn", "proj_bias", j));
+        });
+        b.combine_rows(x, s.proj_rows, s.attn.slot, s.attn.weight);
       }
-      b.zero(s.qkv);
-      b.combine_rows(s.qkv, s.a_qkv_rows, s.attn.slot, cfg.weighted_qkv ? s.attn.weight : Tensor{});
-      b.attention_forward(s.att.reshaped(Shape{B, T, C}), s.probs, s.qkv.reshaped(Shape{B, T, 3 * C}), n_head);
-      b.gather_rows(s.o_rows.rows(0, Ma), s.att, s.attn.rows.rows(0, Ma));
-      for (int j = 0; j < cfg.attn_modules; ++j) {
-        const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-        if (r0 == r1) continue;
-        b.matmul_forward(s.proj_rows.rows(r0, r1), s.o_rows.rows(r0, r1), param("attn", "proj_weight", j),
-                         param("attn", "proj_bias", j));
-      }
-      b.combine_rows(x, s.proj_rows, s.attn.slot, s.attn.weight);
       // ---- FFN assembly: per-module MLP on its rows, combined with the routing weights.
       b.copy(s.xf, x);
       route(s.ffn, cfg.ffn_routing, router_ffn.get(), cfg.ffn_modules, Kf, h, x, true);
       const auto& pf = s.ffn.plan;
       const int64_t Mf = pf.M();
       b.gather_rows(s.f_in.rows(0, Mf), x, s.ffn.rows.rows(0, Mf));
-      for (int j = 0; j < cfg.ffn_modules; ++j) {
+      b.run_modules(cfg.ffn_modules, [&](int j) {
         const int64_t r0 = pf.offsets[j], r1 = pf.offsets[j + 1];
-        if (r0 == r1) continue;
+        if (r0 == r1) return;
         mlp_sublayer_forward(b, mlp("ffn", j, false), rows_of(s.f_stash, r0, r1), s.f_in.rows(r0, r1),
                              s.f_out.rows(r0, r1), eps);
-      }
+      });
       if (cfg.shared_expert) mlp_sublayer_forward(b, mlp("shared", 0, false), s.shared_stash, s.xf, branch, eps);
       b.combine_rows(x, s.f_out, s.ffn.slot, s.ffn.weight);
       if (cfg.shared_expert) b.accumulate(x, branch);
     }
+  }
+
+  AttentionWeights attn_weights(int j, bool grads) const {
+    auto g = [&](const char* n) { return grads ? grad("attn", n, j) : param("attn", n, j); };
+    return {g("ln_weight"), g("ln_bias"), g("qkv_weight"), g("qkv_bias"), g("proj_weight"), g("proj_bias")};
+  }
+  // The dense sub-layer's stash, carved from a step's buffers (Single routing: N rows).
+  AttentionStash single_stash(const StepStash& s) const {
+    return {s.a_ln.rows(0, N), s.a_mean.rows(0, N), s.a_rstd.rows(0, N), s.qkv, s.att, s.probs};
   }
 
   static MlpStash rows_of(const MlpStash& m, int64_t r0, int64_t r1) {
@@ -253,8 +278,8 @@ struct RoutedStage::Impl {
   }
 
   // ∂L/∂g (device dweight) and the aux losses -> ∂L/∂logits -> the router network, into dres.
-  void router_backward(Side& side, RoutingMode mode, router::RouterNet* net, int modules, int K, int h,
-                       const Tensor& x, const Tensor& dres, double loss_scale) {
+  void router_backward(Side& side, RoutingMode mode, router::RouterNet* net, int modules, int K, int h, const Tensor& x,
+                       const Tensor& dres, double loss_scale) {
     if (mode != RoutingMode::Learned) return;
     const int classes = classes_of(cfg, modules);
     std::vector<double> dw(static_cast<size_t>(N) * K);
@@ -292,13 +317,13 @@ struct RoutedStage::Impl {
         b.zero(d_ffn_out);
         b.combine_rows_backward(d_ffn_out, dwf, dy, s.f_out, s.ffn.slot, s.ffn.weight);
         b.zero(d_in_rows);
-        for (int j = 0; j < cfg.ffn_modules; ++j) {
+        b.run_modules(cfg.ffn_modules, [&](int j) {
           const int64_t r0 = pf.offsets[j], r1 = pf.offsets[j + 1];
-          if (r0 == r1) continue;
+          if (r0 == r1) return;
           mlp_sublayer_backward(b, mlp("ffn", j, false), mlp("ffn", j, true), rows_of(s.f_stash, r0, r1),
                                 rows_of(mlp_scratch, r0, r1), s.f_in.rows(r0, r1), d_ffn_out.rows(r0, r1),
                                 d_in_rows.rows(r0, r1));
-        }
+        });
         if (cfg.shared_expert)
           mlp_sublayer_backward(b, mlp("shared", 0, false), mlp("shared", 0, true), s.shared_stash,
                                 rows_of(mlp_scratch, 0, N), s.xf, dy, dres);
@@ -306,7 +331,11 @@ struct RoutedStage::Impl {
         router_backward(s.ffn, cfg.ffn_routing, router_ffn.get(), cfg.ffn_modules, Kf, h, s.xf, dres, loss_scale);
       }
       // ---- attention assembly backward.
-      {
+      if (cfg.attn_routing == RoutingMode::Single) {
+        const AttentionScratch scratch{d_a_rows.rows(0, N), dqkv, datt};
+        attention_sublayer_backward(b, attn_weights(0, false), attn_weights(0, true), single_stash(s), scratch, s.xa,
+                                    dres, dres, {B, T, n_head, eps});
+      } else {
         const auto& pa = s.attn.plan;
         const int64_t Ma = pa.M();
         b.copy(dy, dres);
@@ -316,12 +345,12 @@ struct RoutedStage::Impl {
         b.zero(d_a_rows);
         b.combine_rows_backward(d_a_rows, dwa, dy, s.proj_rows, s.attn.slot, s.attn.weight);
         b.zero(d_in_rows);  // here: ∂L/∂o_rows
-        for (int j = 0; j < cfg.attn_modules; ++j) {
+        b.run_modules(cfg.attn_modules, [&](int j) {
           const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-          if (r0 == r1) continue;
+          if (r0 == r1) return;
           b.matmul_backward(d_in_rows.rows(r0, r1), grad("attn", "proj_weight", j), grad("attn", "proj_bias", j),
                             d_a_rows.rows(r0, r1), s.o_rows.rows(r0, r1), param("attn", "proj_weight", j));
-        }
+        });
         b.zero(datt);
         b.combine_rows(datt, d_in_rows, s.attn.slot, Tensor{});
         b.zero(dqkv);
@@ -330,17 +359,17 @@ struct RoutedStage::Impl {
         b.zero(d_qkv_rows);
         b.combine_rows_backward(d_qkv_rows, cfg.weighted_qkv ? dwa : Tensor{}, dqkv, s.a_qkv_rows, s.attn.slot,
                                 cfg.weighted_qkv ? s.attn.weight : Tensor{});
-        b.zero(d_a_rows);  // here: ∂L/∂LN output rows
+        b.zero(d_a_rows);   // here: ∂L/∂LN output rows
         b.zero(d_in_rows);  // here: ∂L/∂gathered x rows
-        for (int j = 0; j < cfg.attn_modules; ++j) {
+        b.run_modules(cfg.attn_modules, [&](int j) {
           const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-          if (r0 == r1) continue;
+          if (r0 == r1) return;
           b.matmul_backward(d_a_rows.rows(r0, r1), grad("attn", "qkv_weight", j), grad("attn", "qkv_bias", j),
                             d_qkv_rows.rows(r0, r1), s.a_ln.rows(r0, r1), param("attn", "qkv_weight", j));
           b.layernorm_backward(d_in_rows.rows(r0, r1), grad("attn", "ln_weight", j), grad("attn", "ln_bias", j),
                                d_a_rows.rows(r0, r1), s.a_in.rows(r0, r1), param("attn", "ln_weight", j),
                                s.a_mean.rows(r0, r1), s.a_rstd.rows(r0, r1));
-        }
+        });
         b.combine_rows(dres, d_in_rows.rows(0, std::max<int64_t>(Ma, 1)), s.attn.slot, Tensor{});
         router_backward(s.attn, cfg.attn_routing, router_attn.get(), cfg.attn_modules, Ka, h, s.xa, dres, loss_scale);
       }
@@ -374,10 +403,13 @@ nlohmann::json RoutedStage::stats() const {
   for (size_t h = 0; h < impl_->steps.size(); ++h) {
     const StepStash& s = impl_->steps[h];
     nlohmann::json step;
-    for (auto [name, side, mode] : {std::tuple{"attn", &s.attn, cfg_.attn_routing}, std::tuple{"ffn", &s.ffn, cfg_.ffn_routing}}) {
+    for (auto [name, side, mode] :
+         {std::tuple{"attn", &s.attn, cfg_.attn_routing}, std::tuple{"ffn", &s.ffn, cfg_.ffn_routing}}) {
       if (mode != RoutingMode::Learned) continue;
-      step[name] = {{"load", side->stats.load},       {"skip_rate", side->stats.skip_rate},
-                    {"entropy", side->stats.entropy}, {"dropped", side->stats.dropped}};
+      step[name] = {{"load", side->stats.load},
+                    {"skip_rate", side->stats.skip_rate},
+                    {"entropy", side->stats.entropy},
+                    {"dropped", side->stats.dropped}};
     }
     out.push_back(step);
   }

@@ -53,6 +53,7 @@ class CpuBackend final : public Backend {
   void combine_rows(const Tensor& out, const Tensor& buf, const Tensor& slot, const Tensor& weight) override;
   void combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout, const Tensor& buf,
                              const Tensor& slot, const Tensor& weight) override;
+  void run_modules(int n, const std::function<void(int)>& body) override;
   void add(const Tensor& out, const Tensor& a, const Tensor& b) override;
   void accumulate(const Tensor& dst, const Tensor& src) override;
   void scale(const Tensor& t, double factor) override;

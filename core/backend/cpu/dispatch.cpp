@@ -2,6 +2,8 @@
 // fixed-order weighted sums. Every loop is parallel over destination rows, and each
 // destination row is written by one thread in a fixed order, so there are no atomics and
 // the bits do not depend on the thread count.
+#include <omp.h>
+
 #include "core/backend/cpu/cpu_backend.h"
 
 namespace mom {
@@ -71,6 +73,18 @@ void CpuBackend::combine_rows_backward(const Tensor& dbuf, const Tensor& dweight
         if (dw) dw[t * K + k] += acc;
       }
   });
+}
+
+// Inside the parallel loop every op's own OpenMP loop and OpenBLAS run single-threaded
+// (nested parallelism is off), so each module is one thread's whole job. The modules write
+// disjoint rows and parameters, so the bits do not depend on the schedule.
+void CpuBackend::run_modules(int n, const std::function<void(int)>& body) {
+  if (n <= 1 || omp_get_max_threads() == 1) {
+    for (int j = 0; j < n; ++j) body(j);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int j = 0; j < n; ++j) body(j);
 }
 
 }  // namespace mom
