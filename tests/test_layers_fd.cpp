@@ -13,6 +13,7 @@
 #include "core/backend.h"
 #include "core/gpt2.h"
 #include "core/rng.h"
+#include "tests/host_tensor.h"
 
 namespace mom {
 namespace {
@@ -20,16 +21,7 @@ namespace {
 constexpr double kStep = 1e-5;
 constexpr double kTol = 1e-7;
 
-struct HostTensor {
-  std::vector<double> data;
-  Tensor t;
-  HostTensor(Shape s, Rng* rng, double scale = 1.0) : data(static_cast<size_t>(s.numel())) {
-    if (rng)
-      for (auto& x : data) x = rng->normal() * scale;
-    t = Tensor{data.data(), s, DType::F64, Device::CPU};
-  }
-  void zero() { std::fill(data.begin(), data.end(), 0.0); }
-};
+using test::HostTensor;
 
 struct IntTensor {
   std::vector<int32_t> data;

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/params.h"
 #include "core/rng.h"
+#include "tests/host_tensor.h"
 #include "router/dispatch_plan.h"
 #include "router/gating.h"
 #include "router/router_net.h"
@@ -26,15 +27,7 @@ namespace {
 constexpr double kStep = 1e-5;
 constexpr double kTol = 1e-7;
 
-struct HostTensor {
-  std::vector<double> data;
-  Tensor t;
-  HostTensor(Shape s, Rng* rng, double scale = 1.0) : data(static_cast<size_t>(s.numel())) {
-    if (rng)
-      for (auto& x : data) x = rng->normal() * scale;
-    t = Tensor{data.data(), s, DType::F64, Device::CPU};
-  }
-};
+using test::HostTensor;
 
 double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
