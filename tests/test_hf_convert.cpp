@@ -415,5 +415,48 @@ TEST_F(HfConvert, TransformersRoundTrip) {
   EXPECT_LT(back_err, 1e-4);
 }
 
+// Stage 2 of the two-stage recipe on a converted Hugging Face GPT-2: its layers become a MoM's
+// pools (and, upcycled, MoE experts). With forced routing (module h at step h) the MoM is the
+// dense model, and an MoE layer with one expert is the dense block: logits equal bit for bit.
+TEST_F(HfConvert, TwoStageInitWorksOnConvertedCheckpoints) {
+  const std::string dense = *dir_ / "two-stage-dense.h5";
+  mom_ok("convert hf-gpt2 " + shell_quote(*dir_ / "f32") + " " + shell_quote(dense));
+  json cfg = json::parse(read_file(dir_->path() / "f32" / "config.json"));
+  const int layers = cfg["n_layer"];
+  auto target = [&](const std::string& name, const json& stack) {
+    json c = read_checkpoint_config(dense);
+    c["model"]["stack"] = stack;
+    write_file(*dir_ / (name + ".json"), c.dump(2));
+    return *dir_ / (name + ".json");
+  };
+  const json forced = json::array({{{"type", "mom"}, {"attn_modules", layers}, {"ffn_modules", layers},
+                                    {"skip", false}, {"steps", layers}, {"top_k", 1}, {"router", "forced"}}});
+  mom_ok("convert dense-to-mom --config " + shell_quote(target("forced", forced)) + " " + shell_quote(dense) + " " +
+         shell_quote(*dir_ / "forced.h5"));
+  const auto ref = our_logits(dense, tokens_, kB, kT);
+  EXPECT_EQ(our_logits(*dir_ / "forced.h5", tokens_, kB, kT), ref);
+
+  json moe = json::array();
+  for (int l = 0; l < layers; ++l) moe.push_back({{"type", "moe"}, {"experts", 1}, {"top_k", 1}});
+  mom_ok("convert dense-to-moe --config " + shell_quote(target("moe1", moe)) + " " + shell_quote(dense) + " " +
+         shell_quote(*dir_ / "moe1.h5"));
+  EXPECT_EQ(our_logits(*dir_ / "moe1.h5", tokens_, kB, kT), ref);
+
+  // A learned-router MoM converts, keeps the tokenizer files, and generates.
+  const json learned = json::array({{{"type", "mom"}, {"attn_modules", layers}, {"ffn_modules", layers},
+                                     {"skip", true}, {"steps", 3}, {"top_k", 2}, {"router", "gru"},
+                                     {"router_dim", 16}}});
+  mom_ok("convert dense-to-mom --config " + shell_quote(target("learned", learned)) + " " + shell_quote(dense) + " " +
+         shell_quote(*dir_ / "learned.h5"));
+  mom_ok("ckpt inspect --verify " + shell_quote(*dir_ / "learned.h5"));
+  // Counts that do not add up are refused, naming model.stack.
+  const json wrong = json::array({{{"type", "mom"}, {"attn_modules", layers + 1}, {"ffn_modules", layers + 1},
+                                   {"steps", 2}, {"top_k", 1}}});
+  expect_user_error("convert dense-to-mom --config " + shell_quote(target("wrong", wrong)) + " " + shell_quote(dense) +
+                        " " + shell_quote(*dir_ / "wrong.h5"),
+                    {"model.stack"});
+  EXPECT_FALSE(fs::exists(*dir_ / "wrong.h5"));
+}
+
 }  // namespace
 }  // namespace mom::test
