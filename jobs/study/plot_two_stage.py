@@ -1,7 +1,8 @@
 """Plots and tabulates the two-stage study (jobs/study/two_stage.sh) from the runs' metrics.
 
-Validation loss against training tokens: stage-2 runs start after the stage-1 tokens they
-build on, so every curve is placed on one token axis. The table takes parameters, active
+Validation loss against training tokens: the dense run (stage 1, then resumed) is one curve;
+the two-stage MoM starts after the stage-1 tokens it builds on, so every curve is placed on
+one token axis. The table takes parameters, active
 parameters and FLOPs per token from each run's start record and the median step time from
 its step records.
 
@@ -19,12 +20,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read(run_dir):
+    """The run's first start record, its step records and its evaluations (a resumed run
+    appends to the same file)."""
     start, steps, evals = None, [], []
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
             if r.get("event") == "start":
-                start = r
+                start = start or r
             elif "val_loss" in r:
                 evals.append(r)
             elif "loss" in r:
@@ -34,12 +37,11 @@ def read(run_dir):
 
 def main(runs, s1, out):
     os.makedirs(out, exist_ok=True)
-    _, stage1_steps, _ = read(os.path.join(runs, "dense_stage1"))
-    tokens_per_step = stage1_steps[0]["tokens_seen"]
+    _, dense_steps, _ = read(os.path.join(runs, "dense"))
+    tokens_per_step = dense_steps[0]["tokens_seen"]
     offset = int(s1) * tokens_per_step
     runs_spec = [
-        ("dense_stage1", "dense, stage 1", 0, "tab:gray"),
-        ("dense_continued", "dense continued", offset, "tab:blue"),
+        ("dense", "dense GPT-2 (stage 1, then continued)", 0, "tab:blue"),
         ("mom_two_stage", "MoM, two-stage (from stage 1)", offset, "tab:red"),
         ("mom_scratch", "MoM from scratch", 0, "tab:orange"),
     ]

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # A small two-stage study on the local code corpus (MODELS.md §2's claim that two-stage beats
-# training MoM from scratch), at tiny CPU scale:
-#   stage 1      the tiny dense GPT-2, S1 steps;
-#   two-stage    its layers become a MoM's module pools (dense-to-mom), then S2 steps;
-#   dense cont.  the dense model continued S2 steps with the same stage-2 recipe;
-#   MoM scratch  the same MoM trained from random initialisation for S1+S2 steps.
+# training MoM from scratch), at tiny CPU scale. One learning-rate schedule (warmup, then
+# cosine from 1e-3 to 1e-4 over S1+S2 steps) serves every run, so that the comparison is of
+# models, not of schedules:
+#   stage 1      the tiny dense GPT-2 on that schedule, stopped after S1 steps;
+#   dense cont.  the same run resumed to S1+S2 (same optimizer state and schedule);
+#   two-stage    the stage-1 checkpoint's layers become a MoM's module pools (dense-to-mom),
+#                trained S2 steps from the schedule's learning rate at step S1 down to 1e-4
+#                (a short warmup for the fresh routers);
+#   MoM scratch  the same MoM from random initialisation on the full S1+S2 schedule.
 # Every run sees the same batches per step, so the runs compare at equal tokens. Writes
 # docs/study/val_loss.png and docs/study/results.md.
 #
@@ -21,23 +25,24 @@ out="${STUDY_DIR:-runs/study}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-matplotlib >/dev/null
 }
+total=$(( S1 + S2 ))
+warmup=$(( total / 10 ))
 eval_every=$(( S2 / 4 ))
-common=(--set train.eval_every=$eval_every --set train.eval_batches=8 --set train.save_every=0 --force)
-stage2=(--set train.steps=$S2 --set train.warmup_steps=$(( S2 / 10 )) --set train.lr=5e-4 --set train.min_lr=5e-5)
+common=(--set train.eval_every=$eval_every --set train.eval_batches=8 --set train.save_every=0)
+schedule=(--set train.steps=$total --set train.warmup_steps=$warmup --set train.lr=1e-3 --set train.min_lr=1e-4)
 
-$mom train --config jobs/configs/gpt2_tiny_cpu.json --set train.steps=$S1 --set train.warmup_steps=$(( S1 / 10 )) \
-  --set run_dir=$out/dense_stage1 "${common[@]}"
-dense_ckpt=$(ls $out/dense_stage1/ckpt_*.h5 | tail -n 1)
-
-$mom train --config jobs/configs/gpt2_tiny_cpu.json "${stage2[@]}" --set run_dir=$out/dense_continued \
-  --init-from "$dense_ckpt" "${common[@]}"
+dense=(--config jobs/configs/gpt2_tiny_cpu.json "${schedule[@]}" --set run_dir=$out/dense "${common[@]}")
+$mom train "${dense[@]}" --until-step "$S1" --force
+dense_ckpt=$out/dense/ckpt_$(printf %08d "$S1").h5
+# The schedule's learning rate at step S1, where the two-stage run picks up.
+lr_at_s1=$(/usr/bin/python3 -c "import math; p=($S1-$warmup)/($total-$warmup); print(1e-4+0.5*(1e-3-1e-4)*(1+math.cos(math.pi*p)))")
+$mom train "${dense[@]}" --resume
 
 $mom convert dense-to-mom --config jobs/configs/mom_tiny_cpu.json "$dense_ckpt" $out/mom_init.h5 --force
-$mom train --config jobs/configs/mom_tiny_cpu.json "${stage2[@]}" --set run_dir=$out/mom_two_stage \
-  --init-from $out/mom_init.h5 "${common[@]}"
+$mom train --config jobs/configs/mom_tiny_cpu.json --set train.steps=$S2 --set train.warmup_steps=$(( S2 / 16 )) \
+  --set train.lr="$lr_at_s1" --set train.min_lr=1e-4 --set run_dir=$out/mom_two_stage \
+  --init-from $out/mom_init.h5 "${common[@]}" --force
 
-$mom train --config jobs/configs/mom_tiny_cpu.json --set train.steps=$(( S1 + S2 )) \
-  --set train.warmup_steps=$(( (S1 + S2) / 10 )) --set train.lr=1e-3 --set train.min_lr=1e-4 \
-  --set run_dir=$out/mom_scratch "${common[@]}"
+$mom train --config jobs/configs/mom_tiny_cpu.json "${schedule[@]}" --set run_dir=$out/mom_scratch "${common[@]}" --force
 
 /usr/bin/python3 jobs/study/plot_two_stage.py "$out" "$S1" docs/study
