@@ -14,44 +14,19 @@ Usage: gpt2_reference.py CHECKPOINT TOKENS TARGETS B T OUTDIR [--steps N]
   where losses[k] is the loss after k+1 AdamW steps on the same batch, and grad_norms[k] the
   gradient norm before clipping at step k+1.
 """
-import argparse
-import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_gpt2 import load_mom_checkpoint, mom_named_grads, read_config  # noqa: E402
+from torch_gpt2 import ReferenceRun, load_mom_checkpoint, mom_named_grads  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoint")
-    ap.add_argument("tokens")
-    ap.add_argument("targets")
-    ap.add_argument("B", type=int)
-    ap.add_argument("T", type=int)
-    ap.add_argument("outdir")
-    ap.add_argument("--steps", type=int, default=10)
-    a = ap.parse_args()
-
-    torch.set_num_threads(1)  # reproducible reductions run to run
-    cfg = read_config(a.checkpoint)
-    tc = cfg["train"]
+    run = ReferenceRun(default_steps=10)
+    a, cfg, tc, x, y, save = run.args, run.cfg, run.train, run.x, run.y, run.save
     model = load_mom_checkpoint(a.checkpoint)
-    x = torch.from_numpy(np.fromfile(a.tokens, dtype="<i4").astype(np.int64)).view(a.B, a.T)
-    y = torch.from_numpy(np.fromfile(a.targets, dtype="<i4").astype(np.int64)).view(a.B, a.T)
-
-    os.makedirs(a.outdir, exist_ok=True)
-    shapes = {}
-
-    def save(file, tensor):
-        arr = tensor.detach().to(torch.float32).contiguous().numpy()
-        arr.astype("<f4").tofile(os.path.join(a.outdir, file))
-        shapes[file] = list(arr.shape)
-        return file
 
     loss, logits = model(x, y)
     loss.backward()
@@ -75,9 +50,8 @@ def main():
     with torch.no_grad():
         losses.append(model(x, y)[0].item())
 
-    index.update(shapes=shapes, grad_norms=grad_norms, losses=losses)
-    with open(os.path.join(a.outdir, "index.json"), "w") as f:
-        json.dump(index, f)
+    index.update(grad_norms=grad_norms, losses=losses)
+    run.finish(index)
 
 
 if __name__ == "__main__":

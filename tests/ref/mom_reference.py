@@ -17,16 +17,13 @@ Usage: mom_reference.py CHECKPOINT TOKENS TARGETS B T OUTDIR [--steps N]
   before clipping at step k+1, and min_margins[k] the smallest routing margin of the forward
   after k steps.
 """
-import argparse
-import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_gpt2 import read_config  # noqa: E402
+from torch_gpt2 import ReferenceRun  # noqa: E402
 from torch_mom import load_mom_model, named_grads  # noqa: E402
 
 
@@ -37,31 +34,9 @@ def min_margin(routing):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("checkpoint")
-    ap.add_argument("tokens")
-    ap.add_argument("targets")
-    ap.add_argument("B", type=int)
-    ap.add_argument("T", type=int)
-    ap.add_argument("outdir")
-    ap.add_argument("--steps", type=int, default=5)
-    a = ap.parse_args()
-
-    torch.set_num_threads(1)  # reproducible reductions run to run
-    cfg = read_config(a.checkpoint)
-    tc = cfg["train"]
+    run = ReferenceRun(default_steps=5)
+    a, tc, x, y, save = run.args, run.train, run.x, run.y, run.save
     model = load_mom_model(a.checkpoint)
-    x = torch.from_numpy(np.fromfile(a.tokens, dtype="<i4").astype(np.int64)).view(a.B, a.T)
-    y = torch.from_numpy(np.fromfile(a.targets, dtype="<i4").astype(np.int64)).view(a.B, a.T)
-
-    os.makedirs(a.outdir, exist_ok=True)
-    shapes = {}
-
-    def save(file, tensor):
-        arr = tensor.detach().to(torch.float32).contiguous().numpy()
-        arr.astype("<f4").tofile(os.path.join(a.outdir, file))
-        shapes[file] = list(arr.shape)
-        return file
 
     ce, aux, logits = model(x, y)
     (ce + aux).backward()
@@ -94,9 +69,8 @@ def main():
     auxes.append(aux.item())
     margins.append(min_margin(model.routing))
 
-    index.update(shapes=shapes, grad_norms=grad_norms, losses=losses, auxes=auxes, min_margins=margins)
-    with open(os.path.join(a.outdir, "index.json"), "w") as f:
-        json.dump(index, f)
+    index.update(grad_norms=grad_norms, losses=losses, auxes=auxes, min_margins=margins)
+    run.finish(index)
 
 
 if __name__ == "__main__":

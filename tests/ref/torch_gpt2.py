@@ -9,8 +9,10 @@ equations and the checkpoint's dataset names. Our checkpoints stack each block t
 leading layer axis; `load_mom_checkpoint` slices that axis into the blocks and
 `mom_named_grads` stacks the gradients back, so results can be compared under our names.
 """
+import argparse
 import json
 import math
+import os
 
 import h5py
 import numpy as np
@@ -163,3 +165,39 @@ def mom_named_grads(model):
         g = torch.stack([t.grad for t in tensors])
         out[name] = g if name.startswith("blocks/") else g[0]
     return out
+
+
+class ReferenceRun:
+    """What the reference runners (gpt2_reference.py, mom_reference.py) share: their command
+    line `CHECKPOINT TOKENS TARGETS B T OUTDIR [--steps N]`, the batch (raw int32 files), the
+    checkpoint's stored config, and the output folder of raw little-endian float32 files that
+    `finish` indexes in OUTDIR/index.json."""
+
+    def __init__(self, default_steps):
+        ap = argparse.ArgumentParser()
+        for name in ("checkpoint", "tokens", "targets"):
+            ap.add_argument(name)
+        ap.add_argument("B", type=int)
+        ap.add_argument("T", type=int)
+        ap.add_argument("outdir")
+        ap.add_argument("--steps", type=int, default=default_steps)
+        self.args = a = ap.parse_args()
+        torch.set_num_threads(1)  # reproducible reductions run to run
+        self.cfg = read_config(a.checkpoint)
+        self.train = self.cfg["train"]
+        self.x = torch.from_numpy(np.fromfile(a.tokens, dtype="<i4").astype(np.int64)).view(a.B, a.T)
+        self.y = torch.from_numpy(np.fromfile(a.targets, dtype="<i4").astype(np.int64)).view(a.B, a.T)
+        os.makedirs(a.outdir, exist_ok=True)
+        self.shapes = {}
+
+    def save(self, file, tensor):
+        """Writes `tensor` as float32 to OUTDIR/file and returns the file name for the index."""
+        arr = tensor.detach().to(torch.float32).contiguous().numpy()
+        arr.astype("<f4").tofile(os.path.join(self.args.outdir, file))
+        self.shapes[file] = list(arr.shape)
+        return file
+
+    def finish(self, index):
+        index["shapes"] = self.shapes
+        with open(os.path.join(self.args.outdir, "index.json"), "w") as f:
+            json.dump(index, f)
