@@ -2,8 +2,7 @@
 //
 // Each check builds a scalar objective J = Σ dout ⊙ f(inputs) with a fixed random dout, runs
 // the op's backward once with that dout, then perturbs every input element by ±h and
-// compares (J(x+h) − J(x−h)) / 2h with the analytic gradient. In f64 with h = 1e-5 the
-// difference quotient is accurate to ~1e-10, so the tolerance can be tight (1e-7).
+// compares (J(x+h) − J(x−h)) / 2h with the analytic gradient (tests/finite_differences.h).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,14 +12,15 @@
 #include "core/backend.h"
 #include "core/gpt2.h"
 #include "core/rng.h"
-#include "tests/host_tensor.h"
+#include "tests/finite_differences.h"
 
 namespace mom {
 namespace {
 
-constexpr double kStep = 1e-5;
-constexpr double kTol = 1e-7;
+constexpr double kStep = test::kFdStep;
+constexpr double kTol = test::kFdTol;
 
+using test::dot;
 using test::HostTensor;
 
 struct IntTensor {
@@ -31,30 +31,10 @@ struct IntTensor {
   }
 };
 
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Compares analytic grad of `objective` w.r.t. `x` (already computed into `grad`) with
-// central differences over every element.
+// Every element of x against its analytic gradient.
 void expect_grad_matches(const char* what, std::vector<double>& x, const std::vector<double>& grad,
                          const std::function<double()>& objective) {
-  double worst = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double saved = x[i];
-    x[i] = saved + kStep;
-    const double jp = objective();
-    x[i] = saved - kStep;
-    const double jm = objective();
-    x[i] = saved;
-    const double numeric = (jp - jm) / (2 * kStep);
-    const double err = std::abs(numeric - grad[i]) / std::max(1.0, std::abs(numeric));
-    worst = std::max(worst, err);
-    ASSERT_LE(err, kTol) << what << "[" << i << "]: numeric " << numeric << " analytic " << grad[i];
-  }
-  std::printf("%-28s %zu elements, worst relative error %.2e\n", what, x.size(), worst);
+  test::check_grad(what, x.data(), x.size(), grad.data(), objective);
 }
 
 class LayerFiniteDifferences : public ::testing::Test {

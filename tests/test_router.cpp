@@ -16,7 +16,7 @@
 #include "core/error.h"
 #include "core/params.h"
 #include "core/rng.h"
-#include "tests/host_tensor.h"
+#include "tests/finite_differences.h"
 #include "router/dispatch_plan.h"
 #include "router/gating.h"
 #include "router/router_net.h"
@@ -24,37 +24,10 @@
 namespace mom::router {
 namespace {
 
-constexpr double kStep = 1e-5;
-constexpr double kTol = 1e-7;
 
+using test::check_grad;
+using test::dot;
 using test::HostTensor;
-
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Central differences of `objective` over every element of x (n elements at `x`), against
-// `grad`; relative error with a floor of 1 on the scale. Returns the worst error.
-double check_grad(const char* what, double* x, size_t n, const double* grad, const std::function<double()>& objective,
-                  double tol = kTol) {
-  double worst = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const double saved = x[i];
-    x[i] = saved + kStep;
-    const double jp = objective();
-    x[i] = saved - kStep;
-    const double jm = objective();
-    x[i] = saved;
-    const double numeric = (jp - jm) / (2 * kStep);
-    const double err = std::abs(numeric - grad[i]) / std::max(1.0, std::abs(numeric));
-    worst = std::max(worst, err);
-    EXPECT_LE(err, tol) << what << "[" << i << "]: numeric " << numeric << " analytic " << grad[i];
-  }
-  std::printf("%-32s %4zu elements, worst relative error %.2e\n", what, n, worst);
-  return worst;
-}
 
 class RouterOps : public ::testing::Test {
  protected:
