@@ -23,6 +23,12 @@ io::RunConfig config(const std::string& stack, std::vector<std::string> extra = 
   return io::load_config("", o);
 }
 
+// The dense GPT-2 with the same width, heads, context and vocabulary as config()'s models.
+io::RunConfig dense_config(int layers) {
+  return io::load_config("", {"model.vocab_size=61", "model.n_ctx=16", "model.n_embd=16", "model.n_head=2",
+                              "model.n_layer=" + std::to_string(layers), "train.seq_len=8"});
+}
+
 void perturb(Gpt2& m, uint64_t seed, double scale) {
   Rng rng(seed);
   for (size_t i = 0; i < m.params().size(); ++i) {
@@ -105,8 +111,7 @@ template <class F> void for_each_param(const Gpt2& m, F f) {
 }
 
 TEST(MoMSpecialCases, DenseGpt2EqualsForcedChunk) {
-  const io::RunConfig dense_cfg = io::load_config("", {"model.vocab_size=61", "model.n_ctx=16", "model.n_embd=16",
-                                                       "model.n_head=2", "model.n_layer=3", "train.seq_len=8"});
+  const io::RunConfig dense_cfg = dense_config(3);
   Gpt2 dense(dense_cfg.model, backend_for(Device::CPU));
   dense.init_weights(5);
   perturb(dense, 6, 0.05);
@@ -148,8 +153,7 @@ TEST(MoMSpecialCases, DenseGpt2EqualsForcedChunk) {
 }
 
 TEST(MoMSpecialCases, MoEWithOneExpertEqualsDenseMlp) {
-  const io::RunConfig dense_cfg = io::load_config("", {"model.vocab_size=61", "model.n_ctx=16", "model.n_embd=16",
-                                                       "model.n_head=2", "model.n_layer=1", "train.seq_len=8"});
+  const io::RunConfig dense_cfg = dense_config(1);
   Gpt2 dense(dense_cfg.model, backend_for(Device::CPU));
   dense.init_weights(5);
   perturb(dense, 9, 0.05);
@@ -254,8 +258,7 @@ TEST(MoMEdgeCases, AllSkipTokensPassThroughUnchanged) {
   force_router_bias(m, "chunks/0/router_attn/b", 2, 3);  // class 2 = SKIP
   force_router_bias(m, "chunks/0/router_ffn/b", 2, 3);
   // The same model without the chunk: identical logits, since SKIP adds nothing.
-  const io::RunConfig dense_cfg = io::load_config("", {"model.vocab_size=61", "model.n_ctx=16", "model.n_embd=16",
-                                                       "model.n_head=2", "model.n_layer=1", "train.seq_len=8"});
+  const io::RunConfig dense_cfg = dense_config(1);
   Gpt2 d(dense_cfg.model, backend_for(Device::CPU));
   for (const char* name : {"wte", "wpe", "ln_f_weight", "ln_f_bias"}) d.backend().copy(d.params().param(name), m.params().param(name));
   for (size_t i = 0; i < d.params().size(); ++i) {
@@ -298,8 +301,7 @@ TEST(MoEEdgeCases, CapacityOverflowDropsAndDroppedContributeNothing) {
 
 TEST(TwoStage, ConvertedMoMWithForcedRouterReproducesDenseLogits) {
   // Dense 6 layers -> bottom 1, chunk NA=NF=3 (H=3, forced) + anchor, top 1.
-  const io::RunConfig dense_cfg = io::load_config("", {"model.vocab_size=61", "model.n_ctx=16", "model.n_embd=16",
-                                                       "model.n_head=2", "model.n_layer=6", "train.seq_len=8"});
+  const io::RunConfig dense_cfg = dense_config(6);
   Gpt2 dense(dense_cfg.model, backend_for(Device::CPU));
   dense.init_weights(12);
   perturb(dense, 13, 0.05);

@@ -163,8 +163,7 @@ struct RoutedStage::Impl {
     side.balance = side.z = 0;
     side.dprobs_aux.clear();
     if (mode == RoutingMode::Learned) {
-      Tensor lg_view = logits;  // the first N·classes elements, as [N, classes]
-      lg_view.shape = Shape{N, classes};
+      const Tensor lg_view = leading_view(logits, classes);
       net->forward(h, x, lg_view);
       side.logits.resize(static_cast<size_t>(N) * classes);
       to_host(side.logits.data(), lg_view);
@@ -261,6 +260,14 @@ struct RoutedStage::Impl {
     }
   }
 
+  // The scratch buffers are sized for the widest side; a side uses their first N·width
+  // elements, viewed as [N, width].
+  Tensor leading_view(const Tensor& buffer, int width) const {
+    Tensor t = buffer;
+    t.shape = Shape{N, width};
+    return t;
+  }
+
   AttentionWeights attn_weights(int j, bool grads) const {
     auto g = [&](const char* n) { return grads ? grad("attn", n, j) : param("attn", n, j); };
     return {g("ln_weight"), g("ln_bias"), g("qkv_weight"), g("qkv_bias"), g("proj_weight"), g("proj_bias")};
@@ -283,9 +290,7 @@ struct RoutedStage::Impl {
     if (mode != RoutingMode::Learned) return;
     const int classes = classes_of(cfg, modules);
     std::vector<double> dw(static_cast<size_t>(N) * K);
-    Tensor dw_view = dweight;  // the first N·K elements, as [N, K]
-    dw_view.shape = Shape{N, K};
-    to_host(dw.data(), dw_view);
+    to_host(dw.data(), leading_view(dweight, K));
     std::vector<double> extra;
     if (!side.dprobs_aux.empty()) {
       extra = side.dprobs_aux;
@@ -296,8 +301,7 @@ struct RoutedStage::Impl {
     router::gate_backward(gc, side.sel, dw.data(), extra.empty() ? nullptr : extra.data(), dl.data());
     if (cfg.z_coef > 0)
       router::z_loss(side.logits.data(), N, classes, cfg.z_coef * aux_scale / cfg.steps * loss_scale, dl.data());
-    Tensor dlg = dlogits;
-    dlg.shape = Shape{N, classes};
+    const Tensor dlg = leading_view(dlogits, classes);
     from_host(dlg, dl.data());
     net->backward(h, x, dlg, dres);
   }
@@ -311,9 +315,8 @@ struct RoutedStage::Impl {
         const auto& pf = s.ffn.plan;
         const int64_t Mf = pf.M();
         b.copy(dy, dres);
-        Tensor dwf = dweight;
-        dwf.shape = Shape{N, Kf};
-        b.zero(dwf.reshaped(Shape{static_cast<int64_t>(N) * Kf}));
+        const Tensor dwf = leading_view(dweight, Kf);
+        b.zero(dwf);
         b.zero(d_ffn_out);
         b.combine_rows_backward(d_ffn_out, dwf, dy, s.f_out, s.ffn.slot, s.ffn.weight);
         b.zero(d_in_rows);
@@ -339,9 +342,8 @@ struct RoutedStage::Impl {
         const auto& pa = s.attn.plan;
         const int64_t Ma = pa.M();
         b.copy(dy, dres);
-        Tensor dwa = dweight;
-        dwa.shape = Shape{N, Ka};
-        b.zero(dwa.reshaped(Shape{static_cast<int64_t>(N) * Ka}));
+        const Tensor dwa = leading_view(dweight, Ka);
+        b.zero(dwa);
         b.zero(d_a_rows);
         b.combine_rows_backward(d_a_rows, dwa, dy, s.proj_rows, s.attn.slot, s.attn.weight);
         b.zero(d_in_rows);  // here: ∂L/∂o_rows
