@@ -13,6 +13,12 @@ struct UserError : std::runtime_error {
   explicit UserError(const std::string& what) : std::runtime_error(what) {}
 };
 
+// Not an error: the run stopped early on purpose and the process should exit with `code`
+// (after cleanup such as MPI_Finalize), e.g. 75 after a signal-triggered checkpoint.
+struct ExitStatus {
+  int code;
+};
+
 // Throws UserError(message) when `ok` is false.
 inline void require(bool ok, const std::string& message) {
   if (!ok) throw UserError(message);

@@ -82,7 +82,8 @@ struct Gpt2::Activations {
   MlpScratch mlp_scratch;
 };
 
-Gpt2::Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype) : cfg_(cfg), backend_(backend), dtype_(dtype) {
+Gpt2::Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype, Communicator* ep)
+    : cfg_(cfg), backend_(backend), dtype_(dtype), ep_(ep && ep->size() > 1 ? ep : nullptr) {
   require(cfg.n_embd % cfg.n_head == 0, "model.n_embd (" + std::to_string(cfg.n_embd) +
                                             ") must be divisible by model.n_head (" + std::to_string(cfg.n_head) + ")");
   items_ = effective_stack(cfg);
@@ -90,12 +91,41 @@ Gpt2::Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype) : cfg_(cfg), ba
   for (const auto& item : items_) dense += item.routed ? 0 : item.dense_count;
   require(dense == cfg.n_layer, "model.n_layer (" + std::to_string(cfg.n_layer) + ") must equal the dense blocks of model.stack (" +
                                     std::to_string(dense) + ")");
-  params_ = std::make_unique<ParameterStore>(backend, dtype, gpt2_param_specs(cfg));
+  const int E = ep_ ? ep_->size() : 1;
   int r = 0;
+  for (const auto& item : items_) {
+    if (!item.routed) continue;
+    const std::string where = "model.stack routed stage " + stage_prefix(cfg, r++);
+    for (auto [key, n] : {std::pair{"attn_modules", item.stage.attn_modules}, std::pair{"ffn_modules", item.stage.ffn_modules}}) {
+      if (std::string(key) == "attn_modules" && item.stage.attn_routing == RoutingMode::Single) continue;
+      require(n % E == 0, where + ": " + (item.stage.moe && std::string(key) == "ffn_modules" ? std::string("experts")
+                                                                                                  : std::string(key)) +
+                              " (" + std::to_string(n) + ") is not a multiple of train.ep_size (" + std::to_string(E) +
+                              "); every expert-parallel rank holds an equal share of each pool, so choose pool sizes "
+                              "divisible by ep_size or another ep_size");
+    }
+  }
+  params_ = std::make_unique<ParameterStore>(backend, dtype, gpt2_param_specs(cfg),
+                                             PoolShard{ep_ ? ep_->rank() : 0, E});
+  r = 0;
   for (const auto& item : items_)
     if (item.routed)
       stages_.push_back(std::make_unique<RoutedStage>(item.stage, *params_, stage_prefix(cfg, r++), cfg.n_embd,
-                                                      cfg.n_head, cfg.ln_eps));
+                                                      cfg.n_head, cfg.ln_eps, ep_));
+}
+
+parallel::ExchangeStats Gpt2::exchange_stats() const {
+  parallel::ExchangeStats sum;
+  for (const auto& st : stages_) {
+    const auto s = st->exchange_stats();
+    sum.bytes_sent += s.bytes_sent, sum.bytes_received += s.bytes_received, sum.trips += s.trips,
+        sum.seconds += s.seconds;
+  }
+  return sum;
+}
+
+void Gpt2::reset_exchange_stats() {
+  for (auto& st : stages_) st->reset_exchange_stats();
 }
 
 // The KV cache and the buffers of incremental decoding, sized for n_ctx rows (a prompt can
@@ -200,7 +230,7 @@ int64_t Gpt2::active_parameters() const {
   int64_t total = 0;
   for (size_t i = 0; i < params_->size(); ++i) {
     const std::string& name = params_->specs()[i].name;
-    if (name.rfind("chunks/", 0) != 0 && name.rfind("moe/", 0) != 0) total += params_->param(i).numel();
+    if (name.rfind("chunks/", 0) != 0 && name.rfind("moe/", 0) != 0) total += params_->specs()[i].shape.numel();
   }
   for (int r = 0; r < static_cast<int>(stages_.size()); ++r) {
     const RoutedStageConfig& st = stages_[r]->config();
@@ -210,7 +240,7 @@ int64_t Gpt2::active_parameters() const {
       const std::string& name = params_->specs()[i].name;
       if (name.rfind(prefix, 0) != 0) continue;
       const std::string local = name.substr(prefix.size());
-      const int64_t n = params_->param(i).numel();
+      const int64_t n = params_->specs()[i].shape.numel();  // global: all modules of the pool
       if (local.rfind("attn/", 0) == 0)
         per_step += n / st.attn_modules * (st.attn_routing == RoutingMode::Learned ? st.top_k : 1);
       else if (local.rfind("ffn/", 0) == 0)

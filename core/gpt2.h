@@ -45,7 +45,9 @@ std::string stage_prefix(const Gpt2Config& cfg, int routed_index);
 
 class Gpt2 {
  public:
-  Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype = DType::F32);
+  // `ep`: the expert-parallel group over which the module pools are sharded (nullptr: one
+  // process holds every module). Its size must divide every pool's module count (UserError).
+  Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype = DType::F32, Communicator* ep = nullptr);
   ~Gpt2();
   const Gpt2Config& config() const { return cfg_; }
   ParameterStore& params() { return *params_; }
@@ -82,6 +84,11 @@ class Gpt2 {
   // Routing statistics of the last forward: per stage, per step, per router.
   nlohmann::json routing_stats() const;
   const std::vector<std::unique_ptr<RoutedStage>>& stages() const { return stages_; }
+  // Token-exchange traffic and time of all routed stages since the last reset.
+  parallel::ExchangeStats exchange_stats() const;
+  void reset_exchange_stats();
+  // The expert-parallel group (nullptr when the pools are not sharded).
+  Communicator* expert_parallel_group() const { return ep_; }
 
   // Bytes held by activations for the current batch geometry (saved for backward + scratch).
   size_t activation_bytes() const;
@@ -100,6 +107,7 @@ class Gpt2 {
   Gpt2Config cfg_;
   Backend& backend_;
   DType dtype_;
+  Communicator* ep_;
   std::unique_ptr<ParameterStore> params_;
   std::unique_ptr<Activations> act_;
   std::unique_ptr<DecodeState> dec_;

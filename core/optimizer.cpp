@@ -8,11 +8,13 @@ namespace mom {
 
 AdamW::AdamW(ParameterStore& params, const AdamWConfig& cfg) : params_(params), cfg_(cfg) {
   ArenaPlan plan;
-  for (const auto& s : params.specs()) plan.add(s.shape, params.dtype()), plan.add(s.shape, params.dtype());
+  // The moments have the shapes this rank holds (a pool's local block of modules).
+  for (size_t i = 0; i < params.size(); ++i)
+    plan.add(params.param(i).shape, params.dtype()), plan.add(params.param(i).shape, params.dtype());
   arena_ = std::make_unique<Arena>(params.backend(), plan.bytes());
-  for (const auto& s : params.specs()) {
-    m_.push_back(arena_->alloc(s.shape, params.dtype()));
-    v_.push_back(arena_->alloc(s.shape, params.dtype()));
+  for (size_t i = 0; i < params.size(); ++i) {
+    m_.push_back(arena_->alloc(params.param(i).shape, params.dtype()));
+    v_.push_back(arena_->alloc(params.param(i).shape, params.dtype()));
   }
 }
 
@@ -32,8 +34,30 @@ double LrSchedule::at(int64_t step) const {
   return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
-double clip_grad_norm(ParameterStore& params, double clip) {
-  const double norm = std::sqrt(params.backend().sum_squares(params.flat_grads()));
+namespace {
+
+double sum_squares(const ParameterStore& params, const Tensor& t) {
+  return t.numel() ? params.backend().sum_squares(t) : 0.0;
+}
+
+void allreduce(Communicator& c, const Tensor& t) {
+  if (c.size() == 1 || t.numel() == 0) return;
+  if (t.dtype == DType::F64) c.allreduce_sum(t.ptr<double>(), static_cast<size_t>(t.numel()));
+  else c.allreduce_sum(t.ptr<float>(), static_cast<size_t>(t.numel()));
+}
+
+}  // namespace
+
+void allreduce_gradients(ParameterStore& params, Communicator& world, Communicator& pool_replicas) {
+  params.backend().synchronize();
+  allreduce(world, params.dense_grads());
+  allreduce(pool_replicas, params.pool_grads());
+}
+
+double clip_grad_norm(ParameterStore& params, double clip, Communicator* pool_group) {
+  double pool_sq = sum_squares(params, params.pool_grads());
+  if (pool_group) pool_group->allreduce_sum(&pool_sq, 1);
+  const double norm = std::sqrt(sum_squares(params, params.dense_grads()) + pool_sq);
   if (clip > 0 && norm > clip) params.backend().scale(params.flat_grads(), clip / (norm + 1e-6));
   return norm;
 }

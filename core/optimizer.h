@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "core/params.h"
+#include "parallel/communicator.h"
 
 namespace mom {
 
@@ -39,7 +40,14 @@ struct LrSchedule {
 };
 
 // Global L2 norm of all gradients; when clip > 0 and the norm exceeds it, gradients are scaled
-// by clip/(norm + 1e-6) (PyTorch's clip_grad_norm_). Returns the norm before clipping.
-double clip_grad_norm(ParameterStore& params, double clip);
+// by clip/(norm + 1e-6) (PyTorch's clip_grad_norm_). Returns the norm before clipping. With
+// sharded pools, `pool_group` is the expert-parallel group: each of its ranks holds other
+// modules, so their squares are summed over it (the replicated tensors count once).
+double clip_grad_norm(ParameterStore& params, double clip, Communicator* pool_group = nullptr);
+
+// Data-parallel gradient sum: replicated tensors over `world`, this rank's pool blocks over
+// `pool_replicas` (the ranks holding the same modules: the expert-data-parallel group). The
+// caller scales the loss so that the sum is the gradient of the global mean.
+void allreduce_gradients(ParameterStore& params, Communicator& world, Communicator& pool_replicas);
 
 }  // namespace mom

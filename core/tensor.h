@@ -72,6 +72,8 @@ class Arena {
   Arena& operator=(const Arena&) = delete;
   Tensor alloc(Shape s, DType t);
   size_t used() const { return used_; }
+  // Forgets every allocation (earlier views must no longer be used).
+  void reset() { used_ = 0; }
   size_t capacity() const { return capacity_; }
   void* base() const { return base_; }
   Backend& backend() const { return backend_; }

@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <cstdarg>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/dataloader.h"
+#include "parallel/process_groups.h"
 
 namespace mom {
 
@@ -40,7 +43,105 @@ fs::path latest_checkpoint(const fs::path& run_dir) {
 
 namespace {
 
-double evaluate(Gpt2& model, io::TokenLoader& loader, int64_t batches, int B, int T) {
+// Set by SIGUSR1/SIGTERM; read once a step, when the ranks agree to stop.
+volatile std::sig_atomic_t g_stop_signal = 0;
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Installs the stop handlers for the life of a run, restoring the previous ones after.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    old_usr1_ = std::signal(SIGUSR1, on_stop_signal);
+    old_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGUSR1, old_usr1_);
+    std::signal(SIGTERM, old_term_);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  void (*old_usr1_)(int);
+  void (*old_term_)(int);
+};
+
+// printf on rank 0 only: the other ranks compute the same figures and stay quiet.
+class LeadOutput {
+ public:
+  explicit LeadOutput(bool lead) : lead_(lead) {}
+  bool lead() const { return lead_; }
+  [[gnu::format(printf, 2, 3)]] void printf(const char* fmt, ...) const {
+    if (!lead_) return;
+    va_list args;
+    va_start(args, fmt);
+    std::vfprintf(stdout, fmt, args);
+    va_end(args);
+    std::fflush(stdout);
+  }
+
+ private:
+  bool lead_;
+};
+
+double mean_over_ranks(Communicator& world, double v) {
+  world.allreduce_sum(&v, 1);
+  return v / world.size();
+}
+
+// Every rank must run the same job: rank 0's config is sent to all, each rank lists the keys
+// where its own differs, and all ranks fail together with the same message.
+void check_same_config(Communicator& world, const nlohmann::json& mine) {
+  if (world.size() == 1) return;
+  std::string text = mine.dump();
+  int64_t size = static_cast<int64_t>(text.size());
+  world.broadcast_bytes(&size, sizeof size, 0);
+  std::string lead_text(static_cast<size_t>(size), '\0');
+  if (world.rank() == 0) lead_text = text;
+  world.broadcast_bytes(lead_text.data(), lead_text.size(), 0);
+  std::string diff;
+  const nlohmann::json lead_json = nlohmann::json::parse(lead_text, nullptr, false);
+  for (const auto& op : nlohmann::json::diff(lead_json, mine)) {
+    if (!diff.empty()) diff += ", ";
+    diff += op["path"].get<std::string>();
+  }
+  constexpr size_t kSlot = 240;
+  diff.resize(kSlot, '\0');
+  std::string all(kSlot * static_cast<size_t>(world.size()), '\0');
+  world.allgather_bytes(diff.data(), all.data(), kSlot);
+  std::string message;
+  for (int r = 1; r < world.size(); ++r) {
+    const std::string keys(all.c_str() + kSlot * r);
+    if (!keys.empty()) message += "; rank " + std::to_string(r) + " differs at " + keys;
+  }
+  require(message.empty(), "the ranks were given different configs" + message +
+                               " (JSON paths vs rank 0). Every rank must run the same config file and --set "
+                               "overrides; check the launch command and that the file is the same on every node");
+}
+
+// Routing statistics over all ranks: counts (integers: module loads, dropped assignments)
+// are summed, rates (skip rate, entropy) averaged. Every rank has the same structure.
+nlohmann::json reduce_routing_stats(Communicator& world, nlohmann::json stats) {
+  if (world.size() == 1) return stats;
+  std::vector<nlohmann::json*> leaves;
+  auto walk = [&](auto&& self, nlohmann::json& j) -> void {
+    if (j.is_number()) leaves.push_back(&j);
+    else if (j.is_structured())
+      for (auto& child : j) self(self, child);
+  };
+  walk(walk, stats);
+  std::vector<double> v;
+  for (const auto* leaf : leaves) v.push_back(leaf->get<double>());
+  world.allreduce_sum(v.data(), v.size());
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    if (leaves[i]->is_number_integer()) *leaves[i] = static_cast<int64_t>(std::llround(v[i]));
+    else *leaves[i] = v[i] / world.size();
+  }
+  return stats;
+}
+
+double evaluate(Gpt2& model, io::TokenLoader& loader, int64_t batches, int B, int T, Communicator& world) {
   loader.reset();
   const int64_t n = std::min<int64_t>(batches, static_cast<int64_t>(loader.batches_per_epoch()));
   std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
@@ -49,7 +150,7 @@ double evaluate(Gpt2& model, io::TokenLoader& loader, int64_t batches, int B, in
     loader.next_batch(x.data(), y.data());
     sum += model.forward(x.data(), y.data(), B, T);
   }
-  return n ? sum / static_cast<double>(n) : std::nan("");
+  return n ? mean_over_ranks(world, sum / static_cast<double>(n)) : std::nan("");
 }
 
 std::string format_duration(double seconds) {
@@ -90,144 +191,215 @@ void print_routing_summary(const nlohmann::json& stats) {
 
 }  // namespace
 
-TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts) {
+TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communicator& world) {
   const io::TrainConfig& tc = cfg.train;
+  const LeadOutput out(world.rank() == 0);
+  check_same_config(world, cfg.json);
+  parallel::ProcessGroups groups = parallel::make_process_groups(world, tc.ep_size);
+  const int W = world.size();
   Backend& be = backend_for(parse_device(tc.device));
   be.set_num_threads(tc.threads);
   const fs::path run_dir = cfg.run_dir;
-  fs::create_directories(run_dir);
+  if (out.lead()) fs::create_directories(run_dir);
+  world.barrier();
 
   const fs::path existing = latest_checkpoint(run_dir);
+  const bool resume = opts.resume || (opts.auto_resume && !existing.empty());
   require(!opts.resume || !existing.empty(),
           "--resume: no checkpoint in '" + run_dir.string() + "' to resume from; run without --resume to start");
-  require(opts.resume || opts.force || existing.empty(),
+  require(resume || opts.force || existing.empty(),
           "run folder '" + run_dir.string() + "' already has checkpoints (" + existing.filename().string() +
               "); pass --resume to continue it or --force to start over (old checkpoints are replaced as it goes)");
 
-  Gpt2 model(cfg.model, be);
+  Gpt2 model(cfg.model, be, DType::F32, groups.ep.get());
   AdamW opt(model.params(), {tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   TrainState st;
   Rng rng(tc.seed);
-  if (opts.resume) {
+  if (resume) {
     const nlohmann::json saved = read_checkpoint_config(existing);
     require(saved.contains("model") && saved["model"] == cfg.json["model"],
             "--resume: the model in '" + existing.string() + "' differs from this config's 'model' section");
     load_checkpoint(existing, model, &opt, &st);
     rng.set_state(st.rng);
-    std::printf("resumed from %s at step %lld\n", existing.string().c_str(), static_cast<long long>(st.step));
+    out.printf("resumed from %s at step %lld (saved by %lld ranks at ep_size %lld; now %d ranks at ep_size %d)\n",
+               existing.string().c_str(), static_cast<long long>(st.step), static_cast<long long>(st.ranks),
+               static_cast<long long>(st.ep_size), W, tc.ep_size);
   } else if (!opts.init_from.empty()) {
     load_checkpoint(opts.init_from, model, nullptr, nullptr);
-    std::printf("initialised weights from %s (fresh optimizer)\n", opts.init_from.c_str());
+    out.printf("initialised weights from %s (fresh optimizer)\n", opts.init_from.c_str());
   } else {
     model.init_weights(rng.next_u64());
   }
 
+  // Rank r takes samples [r·B, (r+1)·B) of each global batch of W·B: the W ranks together
+  // see what one process with W times the accumulation would see.
   const int B = tc.batch_size, T = tc.seq_len;
   const io::ShardFormat format = io::parse_shard_format(cfg.data.format);
-  io::TokenLoader train_loader({{cfg.data.train}, format, B, T, tc.seed, /*shuffle=*/true, 0, 1, cfg.model.vocab_size});
-  io::TokenLoader val_loader({{cfg.data.val}, format, B, T, tc.seed, /*shuffle=*/false, 0, 1, cfg.model.vocab_size});
-  if (opts.resume) train_loader.restore({st.loader_epoch, st.loader_batch});
+  const int rank = world.rank();
+  io::TokenLoader train_loader(
+      {{cfg.data.train}, format, B, T, tc.seed, /*shuffle=*/true, rank, W, cfg.model.vocab_size});
+  io::TokenLoader val_loader({{cfg.data.val}, format, B, T, tc.seed, /*shuffle=*/false, rank, W, cfg.model.vocab_size});
+  const int64_t batch_samples = static_cast<int64_t>(W) * B;
+  if (resume) {
+    // The saved position counts global batches of the saving run's size; convert it.
+    uint64_t batch = st.loader_batch;
+    if (st.loader_batch_samples > 0 && st.loader_batch_samples != batch_samples) {
+      const uint64_t samples = st.loader_batch * static_cast<uint64_t>(st.loader_batch_samples);
+      require(samples % static_cast<uint64_t>(batch_samples) == 0,
+              "--resume: the checkpoint stopped after " + std::to_string(samples) + " samples of its epoch, which is "
+              "not a whole number of this run's global batches (" + std::to_string(W) + " ranks x batch size " +
+              std::to_string(B) + "); resume with a rank count and batch size that divide it");
+      batch = samples / static_cast<uint64_t>(batch_samples);
+    }
+    train_loader.restore({st.loader_epoch, batch});
+  }
 
   const LrSchedule sched{tc.lr, tc.min_lr, tc.warmup_steps, tc.steps};
   const int64_t last = opts.until_step >= 0 ? std::min(opts.until_step, tc.steps) : tc.steps;
-  const bool tty = isatty(fileno(stdout));
-  std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
-  require(static_cast<bool>(metrics), "cannot write metrics to '" + (run_dir / "metrics.jsonl").string() + "'");
+  // mpirun hands its ranks a pseudo-terminal even when its own output is a file, so runs of
+  // several ranks print whole lines.
+  const bool tty = isatty(fileno(stdout)) && W == 1;
+  std::ofstream metrics;
+  if (out.lead()) {
+    metrics.open(run_dir / "metrics.jsonl", std::ios::app);
+    require(static_cast<bool>(metrics), "cannot write metrics to '" + (run_dir / "metrics.jsonl").string() + "'");
+  }
+  const int64_t step_tokens = static_cast<int64_t>(W) * B * T * tc.grad_accum;
 
-  std::printf("model: %d dense layers + %zu routed stages, width %d, %d heads, context %d, vocab %d: %.2fM "
-              "parameters; %s, %d threads\n",
-              cfg.model.n_layer, model.stages().size(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
-              cfg.model.vocab_size,
-              static_cast<double>(model.params().num_elements()) / 1e6, be.name().c_str(), be.num_threads());
-  std::printf("active parameters per token %.2fM | %.3f GFLOP per training token\n",
-              static_cast<double>(model.active_parameters()) / 1e6, model.flops_per_token(tc.seq_len) / 1e9);
-  metrics << nlohmann::json{{"event", "start"},
-                            {"parameters", model.params().num_elements()},
-                            {"active_parameters", model.active_parameters()},
-                            {"flops_per_token", model.flops_per_token(tc.seq_len)},
-                            {"start_step", st.step}}
-                 .dump()
-          << "\n";
-  std::printf("data: %llu training tokens, batch %d x %d x %d accumulation = %lld tokens a step\n",
-              static_cast<unsigned long long>(train_loader.num_tokens()), B, T, tc.grad_accum, static_cast<long long>(B) * T * tc.grad_accum);
-  std::fflush(stdout);
+  out.printf("model: %d dense layers + %zu routed stages, width %d, %d heads, context %d, vocab %d: %.2fM "
+             "parameters; %s, %d threads\n",
+             cfg.model.n_layer, model.stages().size(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
+             cfg.model.vocab_size, static_cast<double>(model.params().global_num_elements()) / 1e6, be.name().c_str(),
+             be.num_threads());
+  out.printf("active parameters per token %.2fM | %.3f GFLOP per training token\n",
+             static_cast<double>(model.active_parameters()) / 1e6, model.flops_per_token(tc.seq_len) / 1e9);
+  if (W > 1)
+    out.printf("parallel: %d ranks = %d data-parallel x %d expert-parallel; rank 0 holds %.2fM parameters\n", W,
+               groups.layout.dp_size(), tc.ep_size, static_cast<double>(model.params().num_elements()) / 1e6);
+  out.printf("data: %llu training tokens, batch %d x %d x %d accumulation x %d ranks = %lld tokens a step\n",
+             static_cast<unsigned long long>(train_loader.num_tokens()), B, T, tc.grad_accum, W,
+             static_cast<long long>(step_tokens));
+  if (out.lead())
+    metrics << nlohmann::json{{"event", "start"},
+                              {"parameters", model.params().global_num_elements()},
+                              {"active_parameters", model.active_parameters()},
+                              {"flops_per_token", model.flops_per_token(tc.seq_len)},
+                              {"start_step", st.step},
+                              {"ranks", W},
+                              {"ep_size", tc.ep_size}}
+                   .dump()
+            << "\n";
 
   std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());
-  const double grad_scale = 1.0 / (static_cast<double>(B) * T * tc.grad_accum);
+  // Each rank adds the gradient of its share of the global mean; the all-reduce sums them.
+  const double grad_scale = 1.0 / (static_cast<double>(B) * T * tc.grad_accum * W);
   TrainSummary summary;
   double ema_ms = 0;
   fs::path last_saved;
   auto save = [&](int64_t step) {
     const auto ls = train_loader.state();
     st.loader_epoch = ls.epoch, st.loader_batch = ls.batch_in_epoch, st.rng = rng.state();
+    st.loader_batch_samples = batch_samples, st.ranks = W, st.ep_size = tc.ep_size;
     const fs::path p = checkpoint_path(run_dir, step);
-    save_checkpoint(p, model, &opt, st, cfg.json, /*overwrite=*/true);
+    const std::string failure = save_checkpoint(p, model, &opt, st, cfg.json, /*overwrite=*/true, nullptr, out.lead());
+    int64_t failed = failure.empty() ? 0 : 1;
+    world.allreduce_sum(&failed, 1);
+    require(failed == 0, out.lead() ? failure : "rank 0 could not write checkpoint '" + p.string() + "'");
     last_saved = p;
-    nlohmann::json rec{{"event", "checkpoint"}, {"step", step}, {"path", p.string()}};
-    metrics << rec.dump() << "\n" << std::flush;
+    if (out.lead()) metrics << nlohmann::json{{"event", "checkpoint"}, {"step", step}, {"path", p.string()}}.dump()
+                            << "\n" << std::flush;
   };
 
+  StopSignals stop_signals;
   for (int64_t step = st.step; step < last; ++step) {
     const auto t0 = Clock::now();
     model.params().zero_grads();
+    model.reset_exchange_stats();
     double loss = 0, aux = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       train_loader.next_batch(x.data(), y.data());
       loss += model.forward_backward(x.data(), y.data(), B, T, grad_scale);
       aux += model.aux_loss();
     }
-    loss /= tc.grad_accum;
-    aux /= tc.grad_accum;
+    allreduce_gradients(model.params(), world, *groups.ep_dp);
+    // The logged loss is the mean over all ranks' micro-batches (sum and stop flag in one trip).
+    double figures[3] = {loss / tc.grad_accum, aux / tc.grad_accum, g_stop_signal ? 1.0 : 0.0};
+    world.allreduce_sum(figures, 3);
+    loss = figures[0] / W, aux = figures[1] / W;
+    const bool stop = figures[2] > 0;
     require(std::isfinite(loss), "training diverged at step " + std::to_string(step + 1) +
                                      ": the loss is not finite; lower train.lr or raise train.warmup_steps");
-    const double norm = clip_grad_norm(model.params(), tc.grad_clip);
+    const double norm = clip_grad_norm(model.params(), tc.grad_clip, groups.ep.get());
     const double lr = sched.at(step);
     opt.step(lr);
     be.synchronize();
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     st.step = step + 1;
-    st.tokens_seen += static_cast<int64_t>(B) * T * tc.grad_accum;
+    st.tokens_seen += step_tokens;
     ema_ms = step == 0 || ema_ms == 0 ? ms : 0.9 * ema_ms + 0.1 * ms;
-    const double tok_s = static_cast<double>(B) * T * tc.grad_accum / (ms / 1000.0);
+    const double tok_s = static_cast<double>(step_tokens) / (ms / 1000.0);
     const double eta = ema_ms * static_cast<double>(last - st.step) / 1000.0;
     summary.last_train_loss = loss;
+    // Token exchange of this step: bytes sent between ranks (all ranks), mean seconds inside.
+    const parallel::ExchangeStats ex = model.exchange_stats();
+    double exchange[2] = {static_cast<double>(ex.bytes_sent), ex.seconds};
+    world.allreduce_sum(exchange, 2);
+    const double exchange_s = exchange[1] / W, exchange_share = exchange_s / (ms / 1000.0);
+    const nlohmann::json routing =
+        model.stages().empty() ? nlohmann::json() : reduce_routing_stats(world, model.routing_stats());
 
-    char line[256];
-    std::snprintf(line, sizeof line,
-                  "step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | %.0f ms/step | ETA %s",
-                  static_cast<long long>(st.step), static_cast<long long>(last), loss, lr, norm, tok_s, ms,
-                  format_duration(eta).c_str());
-    if (tty) std::printf("\r%s\x1b[K", line);
-    else std::printf("%s\n", line);
-    std::fflush(stdout);
+    char line[320];
+    int n = std::snprintf(line, sizeof line,
+                          "step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | %.0f ms/step",
+                          static_cast<long long>(st.step), static_cast<long long>(last), loss, lr, norm, tok_s, ms);
+    if (tc.ep_size > 1 && !model.stages().empty())
+      n += std::snprintf(line + n, sizeof line - n, " | exchange %.0f%%", 100 * exchange_share);
+    std::snprintf(line + n, sizeof line - n, " | ETA %s", format_duration(eta).c_str());
+    if (tty) out.printf("\r%s\x1b[K", line);
+    else out.printf("%s\n", line);
     // nlohmann writes doubles in round-trip precision, so metrics compare bit for bit.
     nlohmann::json rec{{"step", st.step},  {"loss", loss}, {"lr", lr},
                        {"grad_norm", norm}, {"tokens_per_s", tok_s},          {"ms_per_step", ms},
-                       {"tokens_seen", st.tokens_seen}};
+                       {"tokens_seen", st.tokens_seen}, {"ranks", W}, {"ep_size", tc.ep_size}};
     if (!model.stages().empty()) {
       rec["aux_loss"] = aux;
-      rec["routing"] = model.routing_stats();
+      rec["routing"] = routing;
+      rec["exchange_bytes"] = static_cast<int64_t>(exchange[0]);
+      rec["exchange_trips"] = ex.trips;
+      rec["exchange_s"] = exchange_s;
+      rec["exchange_share"] = exchange_share;
     }
-    metrics << rec.dump() << "\n";
+    if (out.lead()) metrics << rec.dump() << "\n";
 
     const bool final_step = st.step == last;
-    if (tc.eval_every > 0 && (st.step % tc.eval_every == 0 || final_step) && tc.eval_batches > 0) {
-      const double vl = evaluate(model, val_loader, tc.eval_batches, B, T);
+    if (tc.eval_every > 0 && (st.step % tc.eval_every == 0 || final_step) && tc.eval_batches > 0 && !stop) {
+      const double vl = evaluate(model, val_loader, tc.eval_batches, B, T, world);
       summary.last_val_loss = vl;
-      if (tty) std::printf("\n");
-      std::printf("step %5lld | val loss %.4f | val perplexity %.2f\n", static_cast<long long>(st.step), vl,
-                  std::exp(vl));
-      std::fflush(stdout);
-      metrics << nlohmann::json{{"step", st.step}, {"val_loss", vl}}.dump() << "\n";
-      if (!model.stages().empty()) print_routing_summary(model.routing_stats());
+      if (tty) out.printf("\n");
+      out.printf("step %5lld | val loss %.4f | val perplexity %.2f\n", static_cast<long long>(st.step), vl,
+                 std::exp(vl));
+      if (out.lead()) metrics << nlohmann::json{{"step", st.step}, {"val_loss", vl}}.dump() << "\n";
+      const nlohmann::json val_routing =
+          model.stages().empty() ? nlohmann::json() : reduce_routing_stats(world, model.routing_stats());
+      if (out.lead() && !model.stages().empty()) print_routing_summary(val_routing);
     }
-    metrics << std::flush;
-    if ((tc.save_every > 0 && st.step % tc.save_every == 0) || final_step) save(st.step);
+    if (out.lead()) metrics << std::flush;
+    if ((tc.save_every > 0 && st.step % tc.save_every == 0) || final_step || stop) save(st.step);
+    if (stop) {
+      if (tty) out.printf("\n");
+      out.printf("stopped by signal at step %lld: checkpoint %s saved; run again with --resume (or --auto-resume) "
+                 "to continue\n",
+                 static_cast<long long>(st.step), last_saved.string().c_str());
+      if (out.lead()) metrics << nlohmann::json{{"event", "stopped_by_signal"}, {"step", st.step}}.dump() << "\n"
+                              << std::flush;
+      summary.stopped_by_signal = true;
+      break;
+    }
   }
-  if (tty) std::printf("\n");
+  if (tty) out.printf("\n");
   summary.steps_done = st.step;
   summary.checkpoint = last_saved.empty() ? existing : last_saved;
-  if (!last_saved.empty()) std::printf("checkpoint: %s\n", last_saved.string().c_str());
+  if (!last_saved.empty() && !summary.stopped_by_signal) out.printf("checkpoint: %s\n", last_saved.string().c_str());
   return summary;
 }
 

@@ -34,7 +34,8 @@ json default_config_json() {
         {"lr", t.lr},                 {"min_lr", t.min_lr},         {"warmup_steps", t.warmup_steps},
         {"weight_decay", t.weight_decay}, {"beta1", t.beta1},       {"beta2", t.beta2},
         {"eps", t.eps},               {"grad_clip", t.grad_clip},   {"seed", t.seed},
-        {"eval_every", t.eval_every}, {"eval_batches", t.eval_batches}, {"save_every", t.save_every}}},
+        {"eval_every", t.eval_every}, {"eval_batches", t.eval_batches}, {"save_every", t.save_every},
+        {"ep_size", t.ep_size}}},
       {"run_dir", d.run_dir},
   };
 }
@@ -241,6 +242,7 @@ void validate(const RunConfig& c, const std::string& origin) {
   require(t.seq_len <= m.n_ctx, origin + ": key 'train.seq_len' (" + std::to_string(t.seq_len) +
                                     ") must not exceed 'model.n_ctx' (" + std::to_string(m.n_ctx) + ")");
   positive("train.grad_accum", t.grad_accum);
+  positive("train.ep_size", t.ep_size);
   positive("train.steps", static_cast<double>(t.steps));
   positive("train.lr", t.lr);
   require(t.min_lr >= 0 && t.min_lr <= t.lr, origin + ": key 'train.min_lr' must be between 0 and 'train.lr'");
@@ -287,6 +289,7 @@ RunConfig config_from_json(const json& input, const std::string& origin) {
   c.train.batch_size = t["batch_size"];
   c.train.seq_len = t["seq_len"];
   c.train.grad_accum = t["grad_accum"];
+  c.train.ep_size = t["ep_size"];
   c.train.steps = t["steps"];
   c.train.lr = t["lr"];
   c.train.min_lr = t["min_lr"];

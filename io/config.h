@@ -34,6 +34,9 @@ struct TrainConfig {
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, grad_clip = 1.0;
   uint64_t seed = 1337;
   int64_t eval_every = 50, eval_batches = 8, save_every = 100;
+  // Expert-parallel group size: ranks that split each module pool between them (the world
+  // size must be a multiple; the rest of the model is data-parallel over all ranks).
+  int ep_size = 1;
 };
 
 struct RunConfig {

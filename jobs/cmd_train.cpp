@@ -11,6 +11,7 @@
 #include "io/config.h"
 #include "io/dataloader.h"
 #include "jobs/commands.h"
+#include "jobs/world.h"
 
 namespace mom::jobs {
 
@@ -25,15 +26,23 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("-c,--config", args->config, "JSON config (jobs/configs/*.json); omitted: the embedded tiny job");
   cmd->add_option("--set", args->overrides, "Override a config key, e.g. --set train.lr=3e-4 (repeatable)");
   cmd->add_flag("--resume", args->opts.resume, "Continue from the newest checkpoint in the run folder");
+  cmd->add_flag("--auto-resume", args->opts.auto_resume,
+                "Continue from the newest checkpoint when the run folder has one, else start (batch jobs)");
   cmd->add_flag("--force", args->opts.force, "Start over in a run folder that already has checkpoints");
   cmd->add_option("--until-step", args->opts.until_step,
                   "Stop and save after this step (the LR schedule still spans train.steps)");
   cmd->add_option("--init-from", args->opts.init_from, "Start from a checkpoint's weights with a fresh optimizer");
   cmd->callback([args] {
     const io::RunConfig cfg = io::load_config(args->config, args->overrides);
-    const TrainSummary s = train(cfg, args->opts);
-    std::printf("done: %lld steps, train loss %.4f, val loss %.4f\n", static_cast<long long>(s.steps_done),
-                s.last_train_loss, s.last_val_loss);
+    bool stopped = false;
+    run_on_world([&](Communicator& world) {
+      const TrainSummary s = train(cfg, args->opts, world);
+      stopped = s.stopped_by_signal;
+      if (world.rank() == 0 && !stopped)
+        std::printf("done: %lld steps, train loss %.4f, val loss %.4f\n", static_cast<long long>(s.steps_done),
+                    s.last_train_loss, s.last_val_loss);
+    });
+    if (stopped) throw ExitStatus{kStoppedBySignalExit};
   });
 }
 

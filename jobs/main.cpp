@@ -1,6 +1,7 @@
 // mom: the one command line for data preparation, training, evaluation, sampling and
 // checkpoint inspection. Exit status: 0 success, 1 usage error, 2 a user-caused error
-// (bad config, missing or corrupt file; the message says what and how to fix it), 3 a bug.
+// (bad config, missing or corrupt file; the message says what and how to fix it), 3 a bug,
+// 75 a training run stopped by SIGUSR1/SIGTERM after saving its checkpoint (resume it).
 #include <cstdio>
 #include <exception>
 
@@ -22,6 +23,8 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const mom::ExitStatus& e) {
+    return e.code;
   } catch (const mom::UserError& e) {
     std::fprintf(stderr, "mom: error: %s\n", e.what());
     return 2;

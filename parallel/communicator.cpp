@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "core/error.h"
 
@@ -22,6 +23,15 @@ double default_comm_timeout_s() {
 void Communicator::set_timeout_s(double seconds) {
   require(std::isfinite(seconds) && seconds > 0, "communicator timeout must be a positive number of seconds");
   timeout_s_ = seconds;
+}
+
+void Communicator::gather_bytes(const void* send, void* recv, size_t bytes, int root) {
+  const int n = size(), me = rank();
+  std::vector<int64_t> send_counts(n, 0), send_displs(n, 0), recv_counts(n, 0), recv_displs(n, 0);
+  send_counts[root] = static_cast<int64_t>(bytes);
+  if (me == root)
+    for (int p = 0; p < n; ++p) recv_counts[p] = static_cast<int64_t>(bytes), recv_displs[p] = p * static_cast<int64_t>(bytes);
+  alltoallv_bytes(send, send_counts.data(), send_displs.data(), recv, recv_counts.data(), recv_displs.data());
 }
 
 void SoloCommunicator::reduce_scatter_sum(const float* send, float* recv, size_t block) {

@@ -63,6 +63,9 @@ class Communicator {
   // int (MPI's limit), else std::length_error.
   virtual void alltoallv_bytes(const void* send, const int64_t* send_counts, const int64_t* send_displs, void* recv,
                                const int64_t* recv_counts, const int64_t* recv_displs) = 0;
+  // Each rank contributes `bytes` bytes; on `root`, recv (size()·bytes) holds them in rank
+  // order (recv is unused elsewhere). Built on alltoallv_bytes.
+  void gather_bytes(const void* send, void* recv, size_t bytes, int root);
   // `bytes` bytes of `data` on `root` are copied to every rank.
   virtual void broadcast_bytes(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;

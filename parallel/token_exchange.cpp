@@ -24,8 +24,7 @@ std::vector<int64_t> exclusive_prefix(const std::vector<int64_t>& v) {
 
 // Copies the rows between the source-major receive order ([source][local module]) and the
 // module-major order the modules compute on ([local module][source]), one block per pair.
-void reorder(const ExchangeLayout& L, const float* from, float* to, int width, bool source_to_module) {
-  const size_t row_bytes = static_cast<size_t>(width) * sizeof(float);
+void reorder(const ExchangeLayout& L, const char* from, char* to, size_t row_bytes, bool source_to_module) {
   std::vector<int64_t> module_cursor(L.offsets.begin(), L.offsets.end() - 1);
   int64_t source_pos = 0;
   for (int s = 0; s < L.ep_size; ++s) {
@@ -34,7 +33,7 @@ void reorder(const ExchangeLayout& L, const float* from, float* to, int width, b
       if (n) {
         const int64_t src = source_to_module ? source_pos : module_cursor[l];
         const int64_t dst = source_to_module ? module_cursor[l] : source_pos;
-        std::memcpy(to + dst * width, from + src * width, static_cast<size_t>(n) * row_bytes);
+        std::memcpy(to + dst * row_bytes, from + src * row_bytes, static_cast<size_t>(n) * row_bytes);
       }
       source_pos += n;
       module_cursor[l] += n;
@@ -62,10 +61,9 @@ void TokenExchange::alltoallv(const void* send, const std::vector<int64_t>& send
   ++stats_.trips;
 }
 
-ExchangeLayout TokenExchange::dispatch(const router::DispatchPlan& plan, const float* x, int width,
-                                       std::vector<float>& local_rows) {
+ExchangeLayout TokenExchange::exchange_counts(const router::DispatchPlan& plan) {
   if (plan.modules != sharding_.modules)
-    throw std::logic_error("TokenExchange::dispatch: the plan's module count differs from the sharded pool's");
+    throw std::logic_error("TokenExchange: the plan's module count differs from the sharded pool's");
   const auto t0 = clock_type::now();
   const int E = ep_.size(), per = sharding_.per_rank();
   ExchangeLayout L;
@@ -94,59 +92,34 @@ ExchangeLayout TokenExchange::dispatch(const router::DispatchPlan& plan, const f
     }
   for (int l = 0; l < per; ++l) L.offsets[l + 1] += L.offsets[l];
   L.R = L.offsets[per];
-
-  // Gather the tokens into plan order: then each peer's rows are one contiguous slice.
-  std::vector<float> plan_rows(static_cast<size_t>(L.M) * width);
-  for (int64_t i = 0; i < L.M; ++i)
-    std::memcpy(&plan_rows[static_cast<size_t>(i) * width], x + static_cast<int64_t>(plan.rows[i]) * width,
-                static_cast<size_t>(width) * sizeof(float));
   stats_.seconds += seconds_since(t0);
-  to_owners(L, plan_rows.data(), width, local_rows);
   return L;
 }
 
-void TokenExchange::to_owners(const ExchangeLayout& L, const float* plan_rows, int width,
-                              std::vector<float>& local_rows) {
+void TokenExchange::to_owners(const ExchangeLayout& L, const void* plan_rows, size_t row_bytes, void* local_rows) {
   const auto t0 = clock_type::now();
-  const int64_t row_bytes = static_cast<int64_t>(width) * sizeof(float);
+  const int64_t rb = static_cast<int64_t>(row_bytes);
   std::vector<int64_t> sc(L.ep_size), sd(L.ep_size), rc(L.ep_size);
   for (int p = 0; p < L.ep_size; ++p)
-    sc[p] = L.send_rows[p] * row_bytes, sd[p] = L.send_first[p] * row_bytes, rc[p] = L.recv_rows[p] * row_bytes;
+    sc[p] = L.send_rows[p] * rb, sd[p] = L.send_first[p] * rb, rc[p] = L.recv_rows[p] * rb;
   const std::vector<int64_t> rd = exclusive_prefix(rc);
-  std::vector<float> staging(static_cast<size_t>(L.R) * width);
-  alltoallv(plan_rows, sc, sd, staging.data(), rc, rd);
-  local_rows.resize(static_cast<size_t>(L.R) * width);
-  reorder(L, staging.data(), local_rows.data(), width, true);
+  staging_.resize(static_cast<size_t>(L.R) * row_bytes);
+  alltoallv(plan_rows, sc, sd, staging_.data(), rc, rd);
+  reorder(L, staging_.data(), static_cast<char*>(local_rows), row_bytes, true);
   stats_.seconds += seconds_since(t0);
 }
 
-void TokenExchange::to_sources(const ExchangeLayout& L, const float* local_rows, int width,
-                               std::vector<float>& plan_rows) {
+void TokenExchange::to_sources(const ExchangeLayout& L, const void* local_rows, size_t row_bytes, void* plan_rows) {
   const auto t0 = clock_type::now();
-  const int64_t row_bytes = static_cast<int64_t>(width) * sizeof(float);
-  std::vector<float> staging(static_cast<size_t>(L.R) * width);
-  reorder(L, local_rows, staging.data(), width, false);
+  const int64_t rb = static_cast<int64_t>(row_bytes);
+  staging_.resize(static_cast<size_t>(L.R) * row_bytes);
+  reorder(L, static_cast<const char*>(local_rows), staging_.data(), row_bytes, false);
   std::vector<int64_t> sc(L.ep_size), rc(L.ep_size), rd(L.ep_size);
   for (int p = 0; p < L.ep_size; ++p)
-    sc[p] = L.recv_rows[p] * row_bytes, rc[p] = L.send_rows[p] * row_bytes, rd[p] = L.send_first[p] * row_bytes;
+    sc[p] = L.recv_rows[p] * rb, rc[p] = L.send_rows[p] * rb, rd[p] = L.send_first[p] * rb;
   const std::vector<int64_t> sd = exclusive_prefix(sc);
-  plan_rows.resize(static_cast<size_t>(L.M) * width);
-  alltoallv(staging.data(), sc, sd, plan_rows.data(), rc, rd);
+  alltoallv(staging_.data(), sc, sd, plan_rows, rc, rd);
   stats_.seconds += seconds_since(t0);
-}
-
-void TokenExchange::combine(const ExchangeLayout& L, const float* local_out, int width, std::vector<float>& plan_out) {
-  to_sources(L, local_out, width, plan_out);
-}
-
-void TokenExchange::combine_backward(const ExchangeLayout& L, const float* dplan_out, int width,
-                                     std::vector<float>& dlocal_out) {
-  to_owners(L, dplan_out, width, dlocal_out);
-}
-
-void TokenExchange::dispatch_backward(const ExchangeLayout& L, const float* dlocal_rows, int width,
-                                      std::vector<float>& dplan_rows) {
-  to_sources(L, dlocal_rows, width, dplan_rows);
 }
 
 }  // namespace mom::parallel

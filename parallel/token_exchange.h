@@ -1,30 +1,28 @@
-// TokenExchange: the all-to-all step of expert/module parallelism, on host float rows.
+// TokenExchange: the all-to-all step of expert/module parallelism.
 //
 // Each rank of an expert-parallel (EP) group routes its own N tokens with a DispatchPlan over
 // the GLOBAL module ids of a pool that ModuleSharding spreads over the group. The plan lists
 // rows grouped by module, and a rank's modules are one contiguous id range, so the rows bound
-// for each peer are already one contiguous slice of the plan ("plan order"): nothing is
-// packed on the sending side.
+// for each peer are already one contiguous slice of the plan-order rows ("plan order", [M]
+// rows, the caller gathers them with the backend): nothing is packed on the sending side.
 //
-// The four trips, each one alltoallv over the EP communicator:
-//   forward   dispatch()          x[N, W] -> rows of this rank's modules      [R, W]
-//             combine()           module outputs [R, W] -> plan order          [M, W]
-//   backward  combine_backward()  d(plan-order outputs) [M, W] -> owners       [R, W]
-//             dispatch_backward() d(module inputs) [R, W] -> plan order        [M, W]
-// combine() and dispatch_backward() are the same trip (owners -> sources), as are
-// combine_backward() and dispatch() after its gather. After combine() the source applies the
-// usual fixed-order combine over plan.slot; after dispatch_backward() it scatter-adds plan row i
-// into dx[plan.rows[i]] in plan order. Neither is done here, so the sums keep the same order as
-// in a single process and the result does not depend on the EP size.
+// A routing is exchanged in three calls over the EP communicator:
+//   exchange_counts(plan)  the per-(peer, module) row counts -> ExchangeLayout (one small trip)
+//   to_owners(L, ...)      plan-order rows [M] -> the rows of this rank's modules [R]
+//   to_sources(L, ...)     owners' rows [R] -> back to plan order [M] on their sources
+// A forward pass sends module inputs with to_owners and returns outputs with to_sources; the
+// backward pass sends output gradients with to_owners and returns input gradients with
+// to_sources, reusing the layout. Rows are opaque bytes of any width (x rows of C floats,
+// QKV rows of 3C). The caller's combine over plan.slot and its scatter-add into dx run in
+// plan order as in a single process, so results do not depend on the EP size.
 //
 // On the owner, local module l's rows form one contiguous block [offsets[l], offsets[l+1]) in a
 // fixed order: source EP rank ascending, then the source's plan order. That makes the module's
 // GEMM input, and so every result, deterministic. Modules without rows and ranks that receive
 // nothing are ordinary (empty blocks, zero counts).
 //
-// dispatch() first exchanges the per-peer, per-module row counts (one small alltoallv) and
-// returns them as an ExchangeLayout; the caller keeps it for the other three trips of the same
-// routing (one per layer and step).
+// Buffers are host memory (the CPU backend's tensors); a device backend stages through its
+// communicator (NCCL takes device pointers directly).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -58,33 +56,24 @@ class TokenExchange {
   // `ep` is the EP communicator (its rank = EP rank); sharding.ep_size must equal ep.size().
   TokenExchange(Communicator& ep, const ModuleSharding& sharding);
 
-  // x [plan.N, width]; plan over the pool's global ids (plan.modules == sharding.modules).
-  // local_rows becomes [layout.R, width], grouped by local module.
-  ExchangeLayout dispatch(const router::DispatchPlan& plan, const float* x, int width, std::vector<float>& local_rows);
-  // local_out [layout.R, width] -> plan_out [layout.M, width] at the plan's row positions.
-  void combine(const ExchangeLayout& layout, const float* local_out, int width, std::vector<float>& plan_out);
-  // dplan_out [layout.M, width] -> dlocal_out [layout.R, width] (gradient of combine).
-  void combine_backward(const ExchangeLayout& layout, const float* dplan_out, int width,
-                        std::vector<float>& dlocal_out);
-  // dlocal_rows [layout.R, width] -> dplan_rows [layout.M, width] (gradient of dispatch, before
-  // the caller's scatter-add into dx).
-  void dispatch_backward(const ExchangeLayout& layout, const float* dlocal_rows, int width,
-                         std::vector<float>& dplan_rows);
+  // Trades the row counts of `plan` (over the pool's global ids) with the peers.
+  ExchangeLayout exchange_counts(const router::DispatchPlan& plan);
+  // plan_rows [L.M rows of row_bytes] -> local_rows [L.R rows], grouped by local module.
+  void to_owners(const ExchangeLayout& L, const void* plan_rows, size_t row_bytes, void* local_rows);
+  // local_rows [L.R rows] -> plan_rows [L.M rows] at the plan's row positions.
+  void to_sources(const ExchangeLayout& L, const void* local_rows, size_t row_bytes, void* plan_rows);
 
   const ExchangeStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
 
  private:
-  // Plan-order rows [M, width] -> owners' module-major rows [R, width].
-  void to_owners(const ExchangeLayout& layout, const float* plan_rows, int width, std::vector<float>& local_rows);
-  // Owners' module-major rows [R, width] -> plan order [M, width].
-  void to_sources(const ExchangeLayout& layout, const float* local_rows, int width, std::vector<float>& plan_rows);
   void alltoallv(const void* send, const std::vector<int64_t>& send_counts, const std::vector<int64_t>& send_displs,
                  void* recv, const std::vector<int64_t>& recv_counts, const std::vector<int64_t>& recv_displs);
 
   Communicator& ep_;
   ModuleSharding sharding_;
   ExchangeStats stats_;
+  std::vector<char> staging_;  // source-major receive order, reused across trips
 };
 
 }  // namespace mom::parallel

@@ -2,13 +2,14 @@
 //
 // Every rank's input (routing and rows) is generated from (seed, world rank), so any rank can
 // regenerate any other's and know exactly which rows its modules must receive, in which order.
-// For each EP size E dividing the world and each scenario, the test runs the four trips:
-//   dispatch        -> the received blocks equal the sources' rows, source rank then plan order
-//   module compute  -> a per-module affine map, applied by the owner
-//   combine         -> the plan-order outputs and the weighted fixed-order combine equal the
-//                      single-process result (gather per module, apply, scatter back)
-//   combine_backward, dispatch_backward -> the gradient rows travel the same way and come back
-//                      to their plan positions.
+// For each EP size E dividing the world and each scenario, the test runs the count exchange
+// and the four row trips of a forward and backward pass:
+//   to_owners (inputs)   -> the received blocks equal the sources' rows, source rank then plan order
+//   module compute       -> a per-module affine map, applied by the owner
+//   to_sources (outputs) -> the plan-order outputs and the weighted fixed-order combine equal the
+//                           single-process result (gather per module, apply, scatter back)
+//   to_owners, to_sources (gradients) -> the gradient rows travel the same way and come back
+//                           to their plan positions.
 // Scenarios: random routing with one module never chosen and SKIP choices; a routing that
 // avoids every module of the last EP rank (it receives nothing) with one rank holding no tokens;
 // and a capacity that drops assignments.
@@ -105,9 +106,15 @@ void run_case(Communicator& world, int E, int scenario) {
   const Input& mine = group[q];
 
   TokenExchange ex(*g.ep, sharding);
-  std::vector<float> local_rows;
-  const ExchangeLayout L = ex.dispatch(mine.plan, mine.x.data(), D, local_rows);
-  MPI_CHECK_MSG(L.M == mine.plan.M() && static_cast<int64_t>(local_rows.size()) == L.R * D, label);
+  const size_t row_bytes = D * sizeof(float);
+  const ExchangeLayout L = ex.exchange_counts(mine.plan);
+  MPI_CHECK_MSG(L.M == mine.plan.M(), label);
+  // The caller gathers its token rows into plan order (the backend's gather_rows).
+  std::vector<float> plan_in(static_cast<size_t>(L.M) * D);
+  for (int64_t i = 0; i < L.M; ++i)
+    std::memcpy(&plan_in[i * D], &mine.x[static_cast<size_t>(mine.plan.rows[i]) * D], row_bytes);
+  std::vector<float> local_rows(static_cast<size_t>(L.R) * D);
+  ex.to_owners(L, plan_in.data(), row_bytes, local_rows.data());
 
   // What each local module must hold: per source EP rank, that source's rows for it in plan
   // order; taken from `rows_of(source, plan row)`.
@@ -135,8 +142,8 @@ void run_case(Communicator& world, int E, int scenario) {
   for (int l = 0; l < sharding.per_rank(); ++l)
     for (int64_t r = L.offsets[l]; r < L.offsets[l + 1]; ++r)
       apply_module(sharding.global_id(q, l), &local_rows[r * D], &local_out[r * D]);
-  std::vector<float> plan_out;
-  ex.combine(L, local_out.data(), D, plan_out);
+  std::vector<float> plan_out(static_cast<size_t>(L.M) * D);
+  ex.to_sources(L, local_out.data(), row_bytes, plan_out.data());
 
   // Single process: gather the rows per module, apply, scatter back.
   std::vector<float> ref(static_cast<size_t>(mine.plan.M()) * D);
@@ -147,16 +154,16 @@ void run_case(Communicator& world, int E, int scenario) {
 
   // Backward: the gradient of the outputs goes to the owners in the same order as the inputs
   // did, and the gradient of the module inputs (here 2·it) comes back to the plan positions.
-  std::vector<float> dlocal;
-  ex.combine_backward(L, mine.dplan.data(), D, dlocal);
+  std::vector<float> dlocal(static_cast<size_t>(L.R) * D);
+  ex.to_owners(L, mine.dplan.data(), row_bytes, dlocal.data());
   MPI_CHECK_MSG(same_bits(dlocal, expected_blocks([&](int s, int64_t i) { return &group[s].dplan[i * D]; })),
-                label + ": combine_backward blocks");
+                label + ": backward to_owners blocks");
   for (float& v : dlocal) v *= 2.0f;
-  std::vector<float> dplan_rows;
-  ex.dispatch_backward(L, dlocal.data(), D, dplan_rows);
+  std::vector<float> dplan_rows(static_cast<size_t>(L.M) * D);
+  ex.to_sources(L, dlocal.data(), row_bytes, dplan_rows.data());
   std::vector<float> want = mine.dplan;
   for (float& v : want) v *= 2.0f;
-  MPI_CHECK_MSG(same_bits(dplan_rows, want), label + ": dispatch_backward rows");
+  MPI_CHECK_MSG(same_bits(dplan_rows, want), label + ": backward to_sources rows");
 
   // Metrics: five trips (counts + four row trips); what leaves one rank arrives at another.
   const ExchangeStats& st = ex.stats();

@@ -6,6 +6,7 @@
 #include "core/layers/attention_sublayer.h"
 #include "core/layers/mlp_sublayer.h"
 #include "router/gating.h"
+#include "parallel/process_groups.h"
 
 namespace mom {
 
@@ -22,13 +23,42 @@ router::RouterNetConfig router_cfg(const RoutedStageConfig& c, int C, int module
   return {c.router, C, c.router_dim, classes_of(c, modules), c.router_bias};
 }
 
-std::vector<ParamSpec> mlp_pool_specs(const std::string& p, int64_t n, int64_t C, double resid_std) {
-  return {{p + "ln_weight", Shape{n, C}, false, 0, 1},
-          {p + "ln_bias", Shape{n, C}, false, 0, 0},
-          {p + "fc_weight", Shape{n, 4 * C, C}, true, 0.02, 0},
-          {p + "fc_bias", Shape{n, 4 * C}, false, 0, 0},
-          {p + "proj_weight", Shape{n, C, 4 * C}, true, resid_std, 0},
-          {p + "proj_bias", Shape{n, C}, false, 0, 0}};
+// `pool`: the module axis is sharded over the expert-parallel group (false for the shared
+// expert, which every rank holds).
+std::vector<ParamSpec> mlp_pool_specs(const std::string& p, int64_t n, int64_t C, double resid_std, bool pool) {
+  return {{p + "ln_weight", Shape{n, C}, false, 0, 1, pool},
+          {p + "ln_bias", Shape{n, C}, false, 0, 0, pool},
+          {p + "fc_weight", Shape{n, 4 * C, C}, true, 0.02, 0, pool},
+          {p + "fc_bias", Shape{n, 4 * C}, false, 0, 0, pool},
+          {p + "proj_weight", Shape{n, C, 4 * C}, true, resid_std, 0, pool},
+          {p + "proj_bias", Shape{n, C}, false, 0, 0, pool}};
+}
+
+// Tensors sized by the rows the all-to-all delivers, known only once it has run: carved from
+// an arena that grows to the largest need seen (a quarter more each time, so growth stops).
+class GrowingArena {
+ public:
+  Arena& fresh(Backend& be, size_t bytes) {
+    if (!arena_ || arena_->capacity() < bytes) {
+      arena_.reset();
+      arena_ = std::make_unique<Arena>(be, bytes + bytes / 4 + 64);
+    }
+    arena_->reset();
+    return *arena_;
+  }
+
+ private:
+  std::unique_ptr<Arena> arena_;
+};
+
+// Carves `shapes` from a growing arena (sized first by an ArenaPlan).
+std::vector<Tensor> carve(GrowingArena& g, Backend& be, DType f, std::initializer_list<Shape> shapes) {
+  ArenaPlan plan;
+  for (const Shape& s : shapes) plan.add(s, f);
+  Arena& a = g.fresh(be, plan.bytes());
+  std::vector<Tensor> out;
+  for (const Shape& s : shapes) out.push_back(a.alloc(s, f));
+  return out;
 }
 
 }  // namespace
@@ -36,13 +66,15 @@ std::vector<ParamSpec> mlp_pool_specs(const std::string& p, int64_t n, int64_t C
 std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& c, int C64, const std::string& prefix,
                                                 double resid_std) {
   const int64_t C = C64, NA = c.attn_modules, NF = c.ffn_modules;
-  std::vector<ParamSpec> s = {{prefix + "attn/ln_weight", Shape{NA, C}, false, 0, 1},
-                              {prefix + "attn/ln_bias", Shape{NA, C}, false, 0, 0},
-                              {prefix + "attn/qkv_weight", Shape{NA, 3 * C, C}, true, 0.02, 0},
-                              {prefix + "attn/qkv_bias", Shape{NA, 3 * C}, false, 0, 0},
-                              {prefix + "attn/proj_weight", Shape{NA, C, C}, true, resid_std, 0},
-                              {prefix + "attn/proj_bias", Shape{NA, C}, false, 0, 0}};
-  for (auto& p : mlp_pool_specs(prefix + "ffn/", NF, C, resid_std)) s.push_back(p);
+  // MoE's single attention module is a dense layer that every rank holds.
+  const bool ap = c.attn_routing != RoutingMode::Single;
+  std::vector<ParamSpec> s = {{prefix + "attn/ln_weight", Shape{NA, C}, false, 0, 1, ap},
+                              {prefix + "attn/ln_bias", Shape{NA, C}, false, 0, 0, ap},
+                              {prefix + "attn/qkv_weight", Shape{NA, 3 * C, C}, true, 0.02, 0, ap},
+                              {prefix + "attn/qkv_bias", Shape{NA, 3 * C}, false, 0, 0, ap},
+                              {prefix + "attn/proj_weight", Shape{NA, C, C}, true, resid_std, 0, ap},
+                              {prefix + "attn/proj_bias", Shape{NA, C}, false, 0, 0, ap}};
+  for (auto& p : mlp_pool_specs(prefix + "ffn/", NF, C, resid_std, true)) s.push_back(p);
   if (c.attn_routing == RoutingMode::Learned)
     for (auto& p : router::router_param_specs(router_cfg(c, C64, c.attn_modules), prefix + "router_attn/"))
       s.push_back(p);
@@ -50,11 +82,13 @@ std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& c, int 
     for (auto& p : router::router_param_specs(router_cfg(c, C64, c.ffn_modules), prefix + "router_ffn/"))
       s.push_back(p);
   if (c.shared_expert)
-    for (auto& p : mlp_pool_specs(prefix + "shared/", 1, C, resid_std)) s.push_back(p);
+    for (auto& p : mlp_pool_specs(prefix + "shared/", 1, C, resid_std, false)) s.push_back(p);
   return s;
 }
 
-// One routing side (attention or FFN) at one step: the decision and its device copies.
+// One routing side (attention or FFN) at one step: the decision, its device copies, and where
+// its modules compute. With ep_size 1 the modules work on the plan-order rows themselves;
+// otherwise the rows travel to the ranks owning the modules and back (TokenExchange).
 struct Side {
   router::Selection sel;
   router::DispatchPlan plan;
@@ -63,13 +97,23 @@ struct Side {
   router::RoutingStats stats;
   double balance = 0, z = 0;  // scaled loss values
   Tensor rows, slot, weight;  // device: I32 [N·K], I32 [N,K], [N,K]
+  parallel::ExchangeLayout layout;  // ep_size > 1: this routing's counts and row order
+  std::vector<int64_t> offsets;     // local module l computes rows [offsets[l], offsets[l+1])
+  GrowingArena local;               // ep_size > 1: the module-side tensors below
+  int64_t R() const { return offsets.back(); }
 };
 
+// Plan-order tensors hold this rank's M = N·K routed rows; module-side tensors hold the R rows
+// this rank's modules compute (the same tensors when ep_size is 1).
 struct StepStash {
   Tensor xa, xf;  // residual before the attention and before the FFN assembly
   Side attn, ffn;
-  Tensor a_in, a_ln, a_mean, a_rstd, a_qkv_rows, qkv, probs, att, o_rows, proj_rows;
-  Tensor f_in, f_out;
+  // attention: plan order
+  Tensor a_rows, a_qkv_rows, o_rows, proj_rows, qkv, probs, att;
+  // attention: module side
+  Tensor a_in, a_ln, a_mean, a_rstd, a_qkv, o_in, a_proj;
+  // FFN: plan order, module side
+  Tensor f_rows, f_out, f_in, f_res;
   MlpStash f_stash, shared_stash;
 };
 
@@ -79,18 +123,31 @@ struct RoutedStage::Impl {
   const std::string prefix;
   const int C, n_head;
   const double eps;
+  const int ep_size;  // ranks sharing the pools; each holds NA/ep_size and NF/ep_size modules
+  const int local_attn, local_ffn;
   std::unique_ptr<router::RouterNet> router_attn, router_ffn;
+  std::unique_ptr<parallel::TokenExchange> attn_exchange, ffn_exchange;
   int B = 0, T = 0, N = 0, Ka = 1, Kf = 1;
   std::unique_ptr<Arena> arena;
   std::vector<StepStash> steps;
-  // scratch, shared by all steps
+  // scratch, shared by all steps (plan order)
   Tensor logits, dlogits, dweight, dy, datt, dqkv, d_in_rows, d_a_rows, d_qkv_rows, branch;
   MlpScratch mlp_scratch;
   Tensor d_ffn_out;
+  GrowingArena backward_local;  // ep_size > 1: module-side gradients
   double aux_scale = 1;
 
-  Impl(const RoutedStageConfig& c, const ParameterStore& p, std::string pre, int c_, int nh, double e)
-      : cfg(c), P(p), prefix(std::move(pre)), C(c_), n_head(nh), eps(e) {
+  Impl(const RoutedStageConfig& c, const ParameterStore& p, std::string pre, int c_, int nh, double e,
+       Communicator* ep)
+      : cfg(c),
+        P(p),
+        prefix(std::move(pre)),
+        C(c_),
+        n_head(nh),
+        eps(e),
+        ep_size(ep ? ep->size() : 1),
+        local_attn(c.attn_routing == RoutingMode::Single ? 1 : c.attn_modules / ep_size),
+        local_ffn(c.ffn_modules / ep_size) {
     if (cfg.attn_routing == RoutingMode::Learned)
       router_attn =
           std::make_unique<router::RouterNet>(router_cfg(cfg, C, cfg.attn_modules), P, prefix + "router_attn/");
@@ -98,9 +155,17 @@ struct RoutedStage::Impl {
       router_ffn = std::make_unique<router::RouterNet>(router_cfg(cfg, C, cfg.ffn_modules), P, prefix + "router_ffn/");
     Ka = cfg.attn_routing == RoutingMode::Learned ? cfg.top_k : 1;
     Kf = cfg.ffn_routing == RoutingMode::Learned ? cfg.top_k : 1;
+    if (ep_size > 1) {
+      if (cfg.attn_routing != RoutingMode::Single)
+        attn_exchange = std::make_unique<parallel::TokenExchange>(
+            *ep, parallel::ModuleSharding(cfg.attn_modules, ep_size));
+      ffn_exchange =
+          std::make_unique<parallel::TokenExchange>(*ep, parallel::ModuleSharding(cfg.ffn_modules, ep_size));
+    }
   }
 
   Backend& be() const { return P.backend(); }
+  // Module j of a pool, by its index on this rank.
   Tensor param(const char* side, const char* name, int j) const { return P.param(prefix + side + "/" + name)[j]; }
   Tensor grad(const char* side, const char* name, int j) const { return P.grad(prefix + side + "/" + name)[j]; }
   MlpWeights mlp(const char* side, int j, bool grads) const {
@@ -115,6 +180,8 @@ struct RoutedStage::Impl {
     const int64_t max_classes = std::max(classes_of(cfg, cfg.attn_modules), classes_of(cfg, cfg.ffn_modules));
     const int64_t Kmax = std::max(Ka, Kf), Mmax = std::max(Ma, Mf);
     const DType f = P.dtype(), i32 = DType::I32;
+    // With ep_size 1 the module side is the plan-order tensors (aliases, filled in route()).
+    const bool local = ep_size == 1;
     auto layout = [&](auto&& t) {
       for (int64_t h = 0; h < H; ++h) {
         StepStash& s = steps[h];
@@ -123,14 +190,17 @@ struct RoutedStage::Impl {
           const int64_t K = side == &s.attn ? Ka : Kf;
           side->rows = t(Shape{n * K}, i32), side->slot = t(Shape{n, K}, i32), side->weight = t(Shape{n, K}, f);
         }
-        s.a_in = t(Shape{Ma, c}, f), s.a_ln = t(Shape{Ma, c}, f), s.a_mean = t(Shape{Ma}, f),
-        s.a_rstd = t(Shape{Ma}, f);
-        s.a_qkv_rows = t(Shape{Ma, 3 * c}, f), s.qkv = t(Shape{n, 3 * c}, f);
+        s.a_rows = t(Shape{Ma, c}, f), s.a_qkv_rows = t(Shape{Ma, 3 * c}, f), s.qkv = t(Shape{n, 3 * c}, f);
         s.probs = t(Shape{B, n_head, T, T}, f), s.att = t(Shape{n, c}, f);
         s.o_rows = t(Shape{Ma, c}, f), s.proj_rows = t(Shape{Ma, c}, f);
-        s.f_in = t(Shape{Mf, c}, f), s.f_out = t(Shape{Mf, c}, f);
-        s.f_stash = {t(Shape{Mf, c}, f), t(Shape{Mf}, f), t(Shape{Mf}, f), t(Shape{Mf, 4 * c}, f),
-                     t(Shape{Mf, 4 * c}, f)};
+        s.f_rows = t(Shape{Mf, c}, f), s.f_out = t(Shape{Mf, c}, f);
+        // The attention LN stash is needed in plan order by Single routing (the dense
+        // sub-layer, N rows) and on the module side otherwise.
+        if (local || cfg.attn_routing == RoutingMode::Single)
+          s.a_ln = t(Shape{Ma, c}, f), s.a_mean = t(Shape{Ma}, f), s.a_rstd = t(Shape{Ma}, f);
+        if (local)
+          s.f_stash = {t(Shape{Mf, c}, f), t(Shape{Mf}, f), t(Shape{Mf}, f), t(Shape{Mf, 4 * c}, f),
+                       t(Shape{Mf, 4 * c}, f)};
         if (cfg.shared_expert)
           s.shared_stash = {t(Shape{n, c}, f), t(Shape{n}, f), t(Shape{n}, f), t(Shape{n, 4 * c}, f),
                             t(Shape{n, 4 * c}, f)};
@@ -142,7 +212,8 @@ struct RoutedStage::Impl {
       const int64_t Mm = std::max(Mf, n);
       mlp_scratch = {t(Shape{Mm, c}, f), t(Shape{Mm, 4 * c}, f), t(Shape{Mm, 4 * c}, f)};
     };
-    steps.assign(static_cast<size_t>(H), StepStash{});
+    steps.clear();
+    steps.resize(static_cast<size_t>(H));
     ArenaPlan plan;
     layout([&](Shape s, DType d) {
       plan.add(s, d);
@@ -155,7 +226,8 @@ struct RoutedStage::Impl {
     if (router_ffn) router_ffn->prepare(N, cfg.steps);
   }
 
-  // Routing decision for one side at step h: selection, plan, aux losses, device copies.
+  // Routing decision for one side at step h: selection, plan, aux losses, device copies, and
+  // (ep_size > 1) the count exchange that says how many rows this rank's modules receive.
   void route(Side& side, RoutingMode mode, router::RouterNet* net, int modules, int K, int h, const Tensor& x,
              bool is_ffn) {
     const int classes = mode == RoutingMode::Learned ? classes_of(cfg, modules) : modules;
@@ -189,6 +261,56 @@ struct RoutedStage::Impl {
     be().copy_from_host(side.rows.rows(0, side.plan.M()), side.plan.rows.data());
     be().copy_from_host(side.slot, side.plan.slot.data());
     from_host(side.weight, side.sel.weight.data());
+    parallel::TokenExchange* ex = is_ffn ? ffn_exchange.get() : attn_exchange.get();
+    if (ex) {
+      side.layout = ex->exchange_counts(side.plan);
+      side.offsets = side.layout.offsets;
+    } else {
+      side.offsets = side.plan.offsets;
+    }
+  }
+
+  // Sets the module-side tensors of a step's side: views of the plan-order tensors with
+  // ep_size 1, else fresh tensors of R rows.
+  void place_attention(StepStash& s) {
+    const int64_t Ma = s.attn.plan.M(), R = s.attn.R(), c = C;
+    if (ep_size == 1) {
+      s.a_in = s.a_rows.rows(0, Ma), s.a_qkv = s.a_qkv_rows.rows(0, Ma), s.o_in = s.o_rows.rows(0, Ma),
+      s.a_proj = s.proj_rows.rows(0, Ma);
+      return;
+    }
+    const auto t = carve(s.attn.local, be(), P.dtype(),
+                         {Shape{R, c}, Shape{R, c}, Shape{R}, Shape{R}, Shape{R, 3 * c}, Shape{R, c}, Shape{R, c}});
+    s.a_in = t[0], s.a_ln = t[1], s.a_mean = t[2], s.a_rstd = t[3], s.a_qkv = t[4], s.o_in = t[5], s.a_proj = t[6];
+  }
+  void place_ffn(StepStash& s) {
+    const int64_t Mf = s.ffn.plan.M(), R = s.ffn.R(), c = C;
+    if (ep_size == 1) {
+      s.f_in = s.f_rows.rows(0, Mf), s.f_res = s.f_out.rows(0, Mf);
+      return;
+    }
+    const auto t = carve(s.ffn.local, be(), P.dtype(),
+                         {Shape{R, c}, Shape{R, c}, Shape{R, c}, Shape{R}, Shape{R}, Shape{R, 4 * c}, Shape{R, 4 * c}});
+    s.f_in = t[0], s.f_res = t[1], s.f_stash = {t[2], t[3], t[4], t[5], t[6]};
+  }
+
+  // Plan-order rows -> the rows of this rank's modules, and back (no-ops with ep_size 1,
+  // where both sides are the same memory).
+  void to_owners(parallel::TokenExchange* ex, const Side& side, const Tensor& plan_rows, const Tensor& local) {
+    if (!ex) return;
+    be().synchronize();
+    ex->to_owners(side.layout, plan_rows.data, row_bytes(local), local.data);
+  }
+  void to_sources(parallel::TokenExchange* ex, const Side& side, const Tensor& local, const Tensor& plan_rows) {
+    if (!ex) return;
+    be().synchronize();
+    ex->to_sources(side.layout, local.data, row_bytes(local), plan_rows.data);
+  }
+  // Bytes of one row (the dimensions after the first), also when the tensor has no rows.
+  static size_t row_bytes(const Tensor& t) {
+    size_t n = dtype_size(t.dtype);
+    for (int d = 1; d < t.shape.rank; ++d) n *= static_cast<size_t>(t.shape[d]);
+    return n;
   }
 
   // Host routing math is in double; device tensors are in the model's dtype.
@@ -204,13 +326,23 @@ struct RoutedStage::Impl {
     be().copy_from_host(t, tmp.data());
   }
 
+  // Runs `body(l, r0, r1)` for each local module l with rows, one module per task.
+  template <class F>
+  void for_modules(const Side& side, int local_modules, F&& body) {
+    be().run_modules(local_modules, [&](int l) {
+      const int64_t r0 = side.offsets[l], r1 = side.offsets[l + 1];
+      if (r0 != r1) body(l, r0, r1);
+    });
+  }
+
   void forward(const Tensor& x_in, const Tensor& x) {
     Backend& b = be();
     if (x.data != x_in.data) b.copy(x, x_in);
     for (int h = 0; h < cfg.steps; ++h) {
       StepStash& s = steps[h];
       // ---- attention assembly: per-module LN + QKV, summed; one shared causal attention;
-      // per-module output projection, combined with the routing weights.
+      // per-module output projection, combined with the routing weights. With ep_size > 1 the
+      // rows go to the module owners twice: before the QKV and before the output projection.
       b.copy(s.xa, x);
       if (cfg.attn_routing == RoutingMode::Single) {
         // One module, every token, weight 1 (MoE's attention): the dense sub-layer itself, no
@@ -219,41 +351,42 @@ struct RoutedStage::Impl {
         b.accumulate(x, branch);
       } else {
         route(s.attn, cfg.attn_routing, router_attn.get(), cfg.attn_modules, Ka, h, x, false);
-        const auto& pa = s.attn.plan;
-        const int64_t Ma = pa.M();
-        b.gather_rows(s.a_in.rows(0, Ma), x, s.attn.rows.rows(0, Ma));
-        b.run_modules(cfg.attn_modules, [&](int j) {
-          const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-          if (r0 == r1) return;
+        place_attention(s);
+        parallel::TokenExchange* ex = attn_exchange.get();
+        const int64_t Ma = s.attn.plan.M();
+        b.gather_rows(s.a_rows.rows(0, Ma), x, s.attn.rows.rows(0, Ma));
+        to_owners(ex, s.attn, s.a_rows.rows(0, Ma), s.a_in);
+        for_modules(s.attn, local_attn, [&](int l, int64_t r0, int64_t r1) {
           b.layernorm_forward(s.a_ln.rows(r0, r1), s.a_mean.rows(r0, r1), s.a_rstd.rows(r0, r1), s.a_in.rows(r0, r1),
-                              param("attn", "ln_weight", j), param("attn", "ln_bias", j), eps);
-          b.matmul_forward(s.a_qkv_rows.rows(r0, r1), s.a_ln.rows(r0, r1), param("attn", "qkv_weight", j),
-                           param("attn", "qkv_bias", j));
+                              param("attn", "ln_weight", l), param("attn", "ln_bias", l), eps);
+          b.matmul_forward(s.a_qkv.rows(r0, r1), s.a_ln.rows(r0, r1), param("attn", "qkv_weight", l),
+                           param("attn", "qkv_bias", l));
         });
+        to_sources(ex, s.attn, s.a_qkv, s.a_qkv_rows.rows(0, Ma));
         b.zero(s.qkv);
         b.combine_rows(s.qkv, s.a_qkv_rows, s.attn.slot, cfg.weighted_qkv ? s.attn.weight : Tensor{});
         b.attention_forward(s.att.reshaped(Shape{B, T, C}), s.probs, s.qkv.reshaped(Shape{B, T, 3 * C}), n_head);
         b.gather_rows(s.o_rows.rows(0, Ma), s.att, s.attn.rows.rows(0, Ma));
-        b.run_modules(cfg.attn_modules, [&](int j) {
-          const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-          if (r0 == r1) return;
-          b.matmul_forward(s.proj_rows.rows(r0, r1), s.o_rows.rows(r0, r1), param("attn", "proj_weight", j),
-                           param("attn", "proj_bias", j));
+        to_owners(ex, s.attn, s.o_rows.rows(0, Ma), s.o_in);
+        for_modules(s.attn, local_attn, [&](int l, int64_t r0, int64_t r1) {
+          b.matmul_forward(s.a_proj.rows(r0, r1), s.o_in.rows(r0, r1), param("attn", "proj_weight", l),
+                           param("attn", "proj_bias", l));
         });
+        to_sources(ex, s.attn, s.a_proj, s.proj_rows.rows(0, Ma));
         b.combine_rows(x, s.proj_rows, s.attn.slot, s.attn.weight);
       }
       // ---- FFN assembly: per-module MLP on its rows, combined with the routing weights.
       b.copy(s.xf, x);
       route(s.ffn, cfg.ffn_routing, router_ffn.get(), cfg.ffn_modules, Kf, h, x, true);
-      const auto& pf = s.ffn.plan;
-      const int64_t Mf = pf.M();
-      b.gather_rows(s.f_in.rows(0, Mf), x, s.ffn.rows.rows(0, Mf));
-      b.run_modules(cfg.ffn_modules, [&](int j) {
-        const int64_t r0 = pf.offsets[j], r1 = pf.offsets[j + 1];
-        if (r0 == r1) return;
-        mlp_sublayer_forward(b, mlp("ffn", j, false), rows_of(s.f_stash, r0, r1), s.f_in.rows(r0, r1),
-                             s.f_out.rows(r0, r1), eps);
+      place_ffn(s);
+      const int64_t Mf = s.ffn.plan.M();
+      b.gather_rows(s.f_rows.rows(0, Mf), x, s.ffn.rows.rows(0, Mf));
+      to_owners(ffn_exchange.get(), s.ffn, s.f_rows.rows(0, Mf), s.f_in);
+      for_modules(s.ffn, local_ffn, [&](int l, int64_t r0, int64_t r1) {
+        mlp_sublayer_forward(b, mlp("ffn", l, false), rows_of(s.f_stash, r0, r1), s.f_in.rows(r0, r1),
+                             s.f_res.rows(r0, r1), eps);
       });
+      to_sources(ffn_exchange.get(), s.ffn, s.f_res, s.f_out.rows(0, Mf));
       if (cfg.shared_expert) mlp_sublayer_forward(b, mlp("shared", 0, false), s.shared_stash, s.xf, branch, eps);
       b.combine_rows(x, s.f_out, s.ffn.slot, s.ffn.weight);
       if (cfg.shared_expert) b.accumulate(x, branch);
@@ -308,25 +441,35 @@ struct RoutedStage::Impl {
 
   void backward(const Tensor& dres, double loss_scale) {
     Backend& b = be();
+    const DType f = P.dtype();
+    const int64_t c = C;
     for (int h = cfg.steps - 1; h >= 0; --h) {
       StepStash& s = steps[h];
       // ---- FFN assembly backward. dy = ∂L/∂(x after the FFN); dres keeps the identity path.
       {
-        const auto& pf = s.ffn.plan;
-        const int64_t Mf = pf.M();
+        parallel::TokenExchange* ex = ffn_exchange.get();
+        const int64_t Mf = s.ffn.plan.M(), R = s.ffn.R();
         b.copy(dy, dres);
         const Tensor dwf = leading_view(dweight, Kf);
         b.zero(dwf);
         b.zero(d_ffn_out);
         b.combine_rows_backward(d_ffn_out, dwf, dy, s.f_out, s.ffn.slot, s.ffn.weight);
-        b.zero(d_in_rows);
-        b.run_modules(cfg.ffn_modules, [&](int j) {
-          const int64_t r0 = pf.offsets[j], r1 = pf.offsets[j + 1];
-          if (r0 == r1) return;
-          mlp_sublayer_backward(b, mlp("ffn", j, false), mlp("ffn", j, true), rows_of(s.f_stash, r0, r1),
-                                rows_of(mlp_scratch, r0, r1), s.f_in.rows(r0, r1), d_ffn_out.rows(r0, r1),
-                                d_in_rows.rows(r0, r1));
+        // Module side: ∂L/∂outputs, ∂L/∂inputs and the MLP's scratch, for R rows.
+        Tensor dl_out = d_ffn_out.rows(0, Mf), dl_in = d_in_rows.rows(0, Mf);
+        MlpScratch scratch = mlp_scratch;
+        if (ex) {
+          const auto t = carve(backward_local, b, f,
+                               {Shape{R, c}, Shape{R, c}, Shape{R, c}, Shape{R, 4 * c}, Shape{R, 4 * c}});
+          dl_out = t[0], dl_in = t[1], scratch = {t[2], t[3], t[4]};
+          to_owners(ex, s.ffn, d_ffn_out.rows(0, Mf), dl_out);
+        }
+        b.zero(dl_in);
+        for_modules(s.ffn, local_ffn, [&](int l, int64_t r0, int64_t r1) {
+          mlp_sublayer_backward(b, mlp("ffn", l, false), mlp("ffn", l, true), rows_of(s.f_stash, r0, r1),
+                                rows_of(scratch, r0, r1), s.f_in.rows(r0, r1), dl_out.rows(r0, r1),
+                                dl_in.rows(r0, r1));
         });
+        to_sources(ex, s.ffn, dl_in, d_in_rows.rows(0, Mf));
         if (cfg.shared_expert)
           mlp_sublayer_backward(b, mlp("shared", 0, false), mlp("shared", 0, true), s.shared_stash,
                                 rows_of(mlp_scratch, 0, N), s.xf, dy, dres);
@@ -339,49 +482,69 @@ struct RoutedStage::Impl {
         attention_sublayer_backward(b, attn_weights(0, false), attn_weights(0, true), single_stash(s), scratch, s.xa,
                                     dres, dres, {B, T, n_head, eps});
       } else {
-        const auto& pa = s.attn.plan;
-        const int64_t Ma = pa.M();
+        parallel::TokenExchange* ex = attn_exchange.get();
+        const int64_t Ma = s.attn.plan.M(), R = s.attn.R();
         b.copy(dy, dres);
         const Tensor dwa = leading_view(dweight, Ka);
         b.zero(dwa);
         b.zero(d_a_rows);
         b.combine_rows_backward(d_a_rows, dwa, dy, s.proj_rows, s.attn.slot, s.attn.weight);
-        b.zero(d_in_rows);  // here: ∂L/∂o_rows
-        b.run_modules(cfg.attn_modules, [&](int j) {
-          const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-          if (r0 == r1) return;
-          b.matmul_backward(d_in_rows.rows(r0, r1), grad("attn", "proj_weight", j), grad("attn", "proj_bias", j),
-                            d_a_rows.rows(r0, r1), s.o_rows.rows(r0, r1), param("attn", "proj_weight", j));
+        // Module side: ∂L/∂(projection out), ∂L/∂(projection in), ∂L/∂QKV, ∂L/∂(LN out),
+        // ∂L/∂(module in). With ep_size 1 they share the plan-order scratch, used in turn.
+        Tensor dl_proj = d_a_rows.rows(0, Ma), dl_o = d_in_rows.rows(0, Ma), dl_qkv = d_qkv_rows.rows(0, Ma),
+               dl_ln = d_a_rows.rows(0, Ma), dl_in = d_in_rows.rows(0, Ma);
+        if (ex) {
+          const auto t =
+              carve(backward_local, b, f, {Shape{R, c}, Shape{R, c}, Shape{R, 3 * c}, Shape{R, c}, Shape{R, c}});
+          dl_proj = t[0], dl_o = t[1], dl_qkv = t[2], dl_ln = t[3], dl_in = t[4];
+          to_owners(ex, s.attn, d_a_rows.rows(0, Ma), dl_proj);
+        }
+        b.zero(dl_o);
+        for_modules(s.attn, local_attn, [&](int l, int64_t r0, int64_t r1) {
+          b.matmul_backward(dl_o.rows(r0, r1), grad("attn", "proj_weight", l), grad("attn", "proj_bias", l),
+                            dl_proj.rows(r0, r1), s.o_in.rows(r0, r1), param("attn", "proj_weight", l));
         });
+        to_sources(ex, s.attn, dl_o, d_in_rows.rows(0, Ma));
         b.zero(datt);
-        b.combine_rows(datt, d_in_rows, s.attn.slot, Tensor{});
+        b.combine_rows(datt, d_in_rows.rows(0, std::max<int64_t>(Ma, 1)), s.attn.slot, Tensor{});
         b.zero(dqkv);
         b.attention_backward(dqkv.reshaped(Shape{B, T, 3 * C}), datt.reshaped(Shape{B, T, C}),
                              s.qkv.reshaped(Shape{B, T, 3 * C}), s.probs, n_head);
         b.zero(d_qkv_rows);
         b.combine_rows_backward(d_qkv_rows, cfg.weighted_qkv ? dwa : Tensor{}, dqkv, s.a_qkv_rows, s.attn.slot,
                                 cfg.weighted_qkv ? s.attn.weight : Tensor{});
-        b.zero(d_a_rows);   // here: ∂L/∂LN output rows
-        b.zero(d_in_rows);  // here: ∂L/∂gathered x rows
-        b.run_modules(cfg.attn_modules, [&](int j) {
-          const int64_t r0 = pa.offsets[j], r1 = pa.offsets[j + 1];
-          if (r0 == r1) return;
-          b.matmul_backward(d_a_rows.rows(r0, r1), grad("attn", "qkv_weight", j), grad("attn", "qkv_bias", j),
-                            d_qkv_rows.rows(r0, r1), s.a_ln.rows(r0, r1), param("attn", "qkv_weight", j));
-          b.layernorm_backward(d_in_rows.rows(r0, r1), grad("attn", "ln_weight", j), grad("attn", "ln_bias", j),
-                               d_a_rows.rows(r0, r1), s.a_in.rows(r0, r1), param("attn", "ln_weight", j),
+        to_owners(ex, s.attn, d_qkv_rows.rows(0, Ma), dl_qkv);
+        b.zero(dl_ln);
+        b.zero(dl_in);
+        for_modules(s.attn, local_attn, [&](int l, int64_t r0, int64_t r1) {
+          b.matmul_backward(dl_ln.rows(r0, r1), grad("attn", "qkv_weight", l), grad("attn", "qkv_bias", l),
+                            dl_qkv.rows(r0, r1), s.a_ln.rows(r0, r1), param("attn", "qkv_weight", l));
+          b.layernorm_backward(dl_in.rows(r0, r1), grad("attn", "ln_weight", l), grad("attn", "ln_bias", l),
+                               dl_ln.rows(r0, r1), s.a_in.rows(r0, r1), param("attn", "ln_weight", l),
                                s.a_mean.rows(r0, r1), s.a_rstd.rows(r0, r1));
         });
+        to_sources(ex, s.attn, dl_in, d_in_rows.rows(0, Ma));
         b.combine_rows(dres, d_in_rows.rows(0, std::max<int64_t>(Ma, 1)), s.attn.slot, Tensor{});
         router_backward(s.attn, cfg.attn_routing, router_attn.get(), cfg.attn_modules, Ka, h, s.xa, dres, loss_scale);
       }
     }
   }
+
+  parallel::ExchangeStats exchange_stats() const {
+    parallel::ExchangeStats sum;
+    for (const auto* ex : {attn_exchange.get(), ffn_exchange.get()}) {
+      if (!ex) continue;
+      const auto& st = ex->stats();
+      sum.bytes_sent += st.bytes_sent, sum.bytes_received += st.bytes_received, sum.trips += st.trips,
+          sum.seconds += st.seconds;
+    }
+    return sum;
+  }
 };
 
 RoutedStage::RoutedStage(const RoutedStageConfig& cfg, const ParameterStore& params, const std::string& prefix, int C,
-                         int n_head, double ln_eps)
-    : impl_(std::make_unique<Impl>(cfg, params, prefix, C, n_head, ln_eps)), cfg_(cfg) {}
+                         int n_head, double ln_eps, Communicator* ep)
+    : impl_(std::make_unique<Impl>(cfg, params, prefix, C, n_head, ln_eps, ep)), cfg_(cfg) {}
 
 RoutedStage::~RoutedStage() = default;
 
@@ -393,6 +556,13 @@ void RoutedStage::forward(const Tensor& x_in, const Tensor& x_out, double aux_sc
 }
 
 void RoutedStage::backward(const Tensor& dres, double loss_scale) { impl_->backward(dres, loss_scale); }
+
+parallel::ExchangeStats RoutedStage::exchange_stats() const { return impl_->exchange_stats(); }
+
+void RoutedStage::reset_exchange_stats() {
+  for (auto* ex : {impl_->attn_exchange.get(), impl_->ffn_exchange.get()})
+    if (ex) ex->reset_stats();
+}
 
 double RoutedStage::aux_loss() const {
   double s = 0;

@@ -7,6 +7,13 @@
 // (router/gating.h), the plan (router/dispatch_plan.h), and the module math, which reuses the
 // dense sub-layers' kernels on each module's contiguous block of rows. Every module runs one
 // GEMM per projection; an empty module is skipped and keeps exactly-zero gradients.
+//
+// Expert/module parallelism: with an expert-parallel group of E ranks each rank holds NA/E
+// attention and NF/E FFN modules. Every rank routes its own tokens over the global module ids;
+// the token exchange (parallel/token_exchange.h) carries the rows to the modules' owners and
+// the results back, twice per MoM attention step (before the QKV and before the output
+// projection), once per FFN step and MoE layer; backward mirrors each trip. Combines and
+// scatter-adds stay in plan order on the token's own rank, so the result is that of one process.
 #pragma once
 #include <memory>
 #include <string>
@@ -16,6 +23,7 @@
 
 #include "core/backend.h"
 #include "core/params.h"
+#include "parallel/token_exchange.h"
 #include "router/dispatch_plan.h"
 #include "router/router_net.h"
 
@@ -56,8 +64,11 @@ std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& cfg, in
 
 class RoutedStage {
  public:
+  // `ep`: the expert-parallel group sharing the module pools (nullptr or one rank: all
+  // modules here). With more ranks, `params` holds this rank's block of each pool, and every
+  // forward and backward is collective over `ep`.
   RoutedStage(const RoutedStageConfig& cfg, const ParameterStore& params, const std::string& prefix, int C,
-              int n_head, double ln_eps);
+              int n_head, double ln_eps, Communicator* ep = nullptr);
   ~RoutedStage();
   // Storage for B·T tokens (call when the batch shape changes).
   void prepare(int B, int T);
@@ -72,6 +83,9 @@ class RoutedStage {
   // Routing statistics of the last forward, per step and router, as JSON.
   nlohmann::json stats() const;
   const RoutedStageConfig& config() const { return cfg_; }
+  // Traffic and time of this stage's token exchanges since the last reset (zero with one rank).
+  parallel::ExchangeStats exchange_stats() const;
+  void reset_exchange_stats();
 
  private:
   struct Impl;
