@@ -834,7 +834,9 @@ void inspect_checkpoint(const std::filesystem::path& path, std::ostream& out, bo
   out << "\ndatasets:\n";
   std::vector<std::string> open_groups;  // the group path components printed so far
   uint64_t total_elements = 0, total_bytes = 0;
+  size_t pools = 0;
   for (const auto& name : names) {
+    if (reader.has_attr(name, "pool_axis")) ++pools;
     std::vector<std::string> parts;
     for (size_t start = 0;;) {
       const size_t slash = name.find('/', start);
@@ -873,6 +875,9 @@ void inspect_checkpoint(const std::filesystem::path& path, std::ostream& out, bo
   }
   out << "\ntotal: " << names.size() << " datasets, " << total_elements << " elements, " << total_bytes
       << " bytes (" << human_bytes(total_bytes) << ")\n";
+  out << "layout: one file; " << pools << " module-pool datasets (@pool_axis) are stored whole along their global "
+      << "module axis (axis 0), and a rank of an expert-parallel group of any size that divides the pool reads "
+      << "its contiguous block of modules; everything else is replicated on every rank\n";
   if (verify) {
     reader.verify();
     out << "verify: every dataset and attribute read back with valid checksums\n";

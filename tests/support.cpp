@@ -10,6 +10,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <nlohmann/json.hpp>
+
 namespace mom::test {
 
 RunResult run(const std::string& command) {
@@ -77,6 +79,17 @@ namespace mom::test {
 void prepare_tiny_corpus(const std::string& dir) {
   const RunResult r = run_mom("data prepare --max-mb 0.3 --val-fraction 0.1 --out " + shell_quote(dir));
   if (r.exit_code != 0) throw std::runtime_error("mom data prepare failed:\n" + r.output);
+}
+
+std::map<int64_t, double> losses_by_step(const std::string& metrics_path) {
+  std::map<int64_t, double> out;
+  std::ifstream in(metrics_path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+  }
+  return out;
 }
 
 std::string tiny_config_json(const std::string& data_dir, const std::string& run_dir, const std::string& train_extra) {

@@ -1,7 +1,9 @@
 // Shared helpers for the tests: scratch folders, running the `mom` binary and other
 // programs (python3 with torch, node), and reading files.
 #pragma once
+#include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -47,6 +49,8 @@ namespace mom::test {
 // Tokenises ~0.3 MB of the Python standard library into `dir` with `mom data prepare`
 // (train_*.bin, val_*.bin); throws with mom's output when that fails.
 void prepare_tiny_corpus(const std::string& dir);
+// The training loss of every step in a run's metrics.jsonl.
+std::map<int64_t, double> losses_by_step(const std::string& metrics_path);
 // A tiny GPT-2 training config (2 layers, width 64, context 64, batch 4) on a corpus made
 // by prepare_tiny_corpus, as JSON text; `train_extra` is merged into its "train" section.
 std::string tiny_config_json(const std::string& data_dir, const std::string& run_dir,

@@ -14,17 +14,6 @@
 namespace mom::test {
 namespace {
 
-std::map<int64_t, double> losses_by_step(const std::string& metrics_path) {
-  std::map<int64_t, double> out;
-  std::ifstream in(metrics_path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
-  }
-  return out;
-}
-
 TEST(Resume, TwentyStepsEqualTenPlusTenBitForBit) {
   ScratchDir dir("resume");
   prepare_tiny_corpus(dir / "data");
