@@ -21,6 +21,10 @@ _mom_forward() {  # $1: the signal this shell received
   _mom_signalled=1
   local to=USR1
   [ "$1" = INT ] && to=INT
+  if [ -z "$_mom_child" ]; then  # not started yet: mom_run_forwarding sends it after the start
+    _mom_pending=$to
+    return
+  fi
   echo "$_mom_name: got SIG$1; sending SIG$to to the ranks (pid $_mom_child)" >&2
   kill -s "$to" "$_mom_child" 2>/dev/null || true
 }
@@ -28,14 +32,18 @@ _mom_forward() {  # $1: the signal this shell received
 mom_run_forwarding() {
   _mom_name=$1
   shift
-  _mom_signalled=""
+  _mom_signalled="" _mom_child="" _mom_pending=""
+  trap '_mom_forward USR1' USR1
+  trap '_mom_forward TERM' TERM
+  trap '_mom_forward INT' INT
   # Background commands of a non-interactive shell start with SIGINT ignored; the launcher
   # installs its own handler, so SIGINT forwarded below still reaches it.
   "$@" &
   _mom_child=$!
-  trap '_mom_forward USR1' USR1
-  trap '_mom_forward TERM' TERM
-  trap '_mom_forward INT' INT
+  if [ -n "$_mom_pending" ]; then
+    echo "$_mom_name: a stop was asked for before the start; sending SIG$_mom_pending" >&2
+    kill -s "$_mom_pending" "$_mom_child" 2>/dev/null || true
+  fi
   local status
   while :; do
     wait "$_mom_child"
