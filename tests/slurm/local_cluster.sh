@@ -3,8 +3,10 @@
 # ../shared/spec/SLURM-LOCAL.md describes (Debian's slurm-wlm and munge, run as root).
 #
 #   slurm_missing                  prints why the cluster cannot run here (nothing: it can)
-#   slurm_start DIR                munged (unless one answers already), slurm.conf in DIR,
-#                                  slurmctld and slurmd; exports SLURM_CONF; waits for the node
+#   slurm_start DIR [SECONDS]      munged (unless one answers already), slurm.conf in DIR,
+#                                  slurmctld and slurmd; exports SLURM_CONF; waits for the node.
+#                                  SECONDS: AuthInfo=cred_expire, the credential lifetime that
+#                                  is also how long a requeued job waits (Slurm's default: 120)
 #   slurm_stop                     cancels jobs, stops the daemons by their pid files, ends the
 #                                  slurmstepd processes our slurmd started, and munged if ours
 #
@@ -76,7 +78,7 @@ _slurm_start_munge() {
 }
 
 slurm_start() {
-  local dir=$1 host mem_mb
+  local dir=$1 cred_expire=${2:-} host mem_mb
   SLURM_CLUSTER_DIR=$dir
   mkdir -p "$dir/state" "$dir/spool"
   _slurm_start_munge || { slurm_log "munged did not start"; return 1; }
@@ -107,6 +109,7 @@ SelectTypeParameters=CR_Core
 NodeName=$host CPUs=2 RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+  [ -n "$cred_expire" ] && echo "AuthInfo=cred_expire=$cred_expire" >>"$dir/slurm.conf"
   export SLURM_CONF=$dir/slurm.conf
   MOM_SLURM_CLUSTER=$dir slurmctld -f "$SLURM_CONF" || { slurm_log "slurmctld did not start (see $dir/ctld.log)"; return 1; }
   MOM_SLURM_CLUSTER=$dir slurmd -f "$SLURM_CONF" || { slurm_log "slurmd did not start (see $dir/d.log)"; return 1; }
