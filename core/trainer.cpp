@@ -9,10 +9,12 @@
 #include <cstdio>
 #include <fstream>
 #include <regex>
+#include <thread>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/dataloader.h"
+#include "parallel/launch_env.h"
 #include "parallel/process_groups.h"
 
 namespace mom {
@@ -198,7 +200,13 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   parallel::ProcessGroups groups = parallel::make_process_groups(world, tc.ep_size);
   const int W = world.size();
   Backend& be = backend_for(parse_device(tc.device));
-  be.set_num_threads(tc.threads);
+  // threads 0 with several ranks on a node and no OMP_NUM_THREADS: share the cores.
+  int threads = tc.threads;
+  if (threads == 0 && !std::getenv("OMP_NUM_THREADS")) {
+    const int local = parallel::detect_launch_env().local_size;
+    if (local > 1) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
+  }
+  be.set_num_threads(threads);
   const fs::path run_dir = cfg.run_dir;
   if (out.lead()) fs::create_directories(run_dir);
   world.barrier();
