@@ -91,7 +91,10 @@ void MpiCommunicator::wait(MPI_Request& req, const char* op) {
   const auto start = clock::now();
   const auto deadline = start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s_));
   // Spin briefly (small collectives finish in microseconds), then back off to short sleeps so
-  // a rank waiting on a slow peer does not take a core from the ranks doing the work.
+  // a rank waiting on a slow peer does not take a core from the ranks doing the work. The
+  // sleeps stay short (at most 200 us): a non-blocking collective only advances inside
+  // MPI_Test, and the token exchange runs dozens of them a step, so a long sleep would be paid
+  // on every one.
   auto pause = std::chrono::microseconds(0);
   for (int polls = 0;; ++polls) {
     int done = 0;
@@ -108,7 +111,7 @@ void MpiCommunicator::wait(MPI_Request& req, const char* op) {
       throw CommTimeout(msg.str());
     }
     if (polls < 1000) continue;
-    pause = std::min(std::chrono::microseconds(1000), pause + std::chrono::microseconds(20));
+    pause = std::min(std::chrono::microseconds(200), pause + std::chrono::microseconds(10));
     std::this_thread::sleep_for(pause);
   }
 }
