@@ -44,8 +44,10 @@ void save_tensor(io::CheckpointWriter* w, const std::string& path, const Paramet
 
 void save_any(io::CheckpointWriter* w, const std::string& path, const ParameterStore& P, size_t i, const Tensor& t,
               Communicator* ep) {
-  if (t.dtype == DType::F64) save_tensor<double>(w, path, P, i, t, ep);
-  else save_tensor<float>(w, path, P, i, t, ep);
+  if (t.dtype == DType::F64)
+    save_tensor<double>(w, path, P, i, t, ep);
+  else
+    save_tensor<float>(w, path, P, i, t, ep);
 }
 
 // Reads this rank's rows of the global tensor (all of it unless a sharded pool).
@@ -67,8 +69,10 @@ void load_tensor(const io::CheckpointReader& r, const std::string& path, const P
 
 void load_any(const io::CheckpointReader& r, const std::string& path, const ParameterStore& P, size_t i,
               const Tensor& t) {
-  if (t.dtype == DType::F64) load_tensor<double>(r, path, P, i, t);
-  else load_tensor<float>(r, path, P, i, t);
+  if (t.dtype == DType::F64)
+    load_tensor<double>(r, path, P, i, t);
+  else
+    load_tensor<float>(r, path, P, i, t);
 }
 
 }  // namespace
@@ -99,24 +103,25 @@ std::string save_checkpoint(const std::filesystem::path& path, const Gpt2& model
       attempt([&] { save_any(w.get(), "optimizer/adam_v/" + name, P, i, opt->v(i), ep); });
     }
   }
-  if (w) attempt([&] {
-    if (extra_bytes)
-      for (const auto& [dataset, bytes] : *extra_bytes) w->write_bytes(dataset, bytes);
-    w->set_attr("/", "config", config.dump());
-    w->set_attr("/", "step", state.step);
-    w->set_attr("/", "tokens_seen", state.tokens_seen);
-    w->set_attr("/", "rng_state", std::vector<uint64_t>(state.rng.begin(), state.rng.end()));
-    w->set_attr("/", "loader_epoch", static_cast<int64_t>(state.loader_epoch));
-    w->set_attr("/", "loader_batch", static_cast<int64_t>(state.loader_batch));
-    w->set_attr("/", "loader_batch_samples", state.loader_batch_samples);
-    w->set_attr("/", "saved_ranks", state.ranks);
-    w->set_attr("/", "saved_ep_size", state.ep_size);
-    w->set_attr("/", "adam_t", opt ? opt->t() : int64_t{0});
-    w->set_attr("/", "has_optimizer", static_cast<int64_t>(opt != nullptr));
-    w->set_attr("/", "created_by", std::string("mom 0.1.0"));
-    w->set_attr("/", "created_at", utc_now());
-    w->commit();
-  });
+  if (w)
+    attempt([&] {
+      if (extra_bytes)
+        for (const auto& [dataset, bytes] : *extra_bytes) w->write_bytes(dataset, bytes);
+      w->set_attr("/", "config", config.dump());
+      w->set_attr("/", "step", state.step);
+      w->set_attr("/", "tokens_seen", state.tokens_seen);
+      w->set_attr("/", "rng_state", std::vector<uint64_t>(state.rng.begin(), state.rng.end()));
+      w->set_attr("/", "loader_epoch", static_cast<int64_t>(state.loader_epoch));
+      w->set_attr("/", "loader_batch", static_cast<int64_t>(state.loader_batch));
+      w->set_attr("/", "loader_batch_samples", state.loader_batch_samples);
+      w->set_attr("/", "saved_ranks", state.ranks);
+      w->set_attr("/", "saved_ep_size", state.ep_size);
+      w->set_attr("/", "adam_t", opt ? opt->t() : int64_t{0});
+      w->set_attr("/", "has_optimizer", static_cast<int64_t>(opt != nullptr));
+      w->set_attr("/", "created_by", std::string("mom 0.1.0"));
+      w->set_attr("/", "created_at", utc_now());
+      w->commit();
+    });
   if (!ep && !failure.empty()) throw UserError(failure);
   return failure;
 }
@@ -134,8 +139,9 @@ void load_checkpoint(const std::filesystem::path& path, Gpt2& model, AdamW* opt,
   ParameterStore& P = model.params();
   if (opt)
     require(r.attr_int("/", "has_optimizer") != 0,
-            "checkpoint '" + path.string() + "' holds weights only (no optimizer state), so it cannot resume a run; "
-            "start a new run from it with --init-from");
+            "checkpoint '" + path.string() +
+                "' holds weights only (no optimizer state), so it cannot resume a run; "
+                "start a new run from it with --init-from");
   for (size_t i = 0; i < P.size(); ++i) {
     const std::string& name = P.specs()[i].name;
     load_any(r, "params/" + name, P, i, P.param(i));

@@ -56,7 +56,8 @@ std::vector<ParamSpec> gpt2_param_specs(const Gpt2Config& c) {
   int r = 0;
   for (const auto& item : effective_stack(c))
     if (item.routed)
-      for (auto& p : routed_stage_param_specs(item.stage, c.n_embd, stage_prefix(c, r++), resid_std)) specs.push_back(p);
+      for (auto& p : routed_stage_param_specs(item.stage, c.n_embd, stage_prefix(c, r++), resid_std))
+        specs.push_back(p);
   specs.push_back({"ln_f_weight", Shape{C}, false, 0, 1});
   specs.push_back({"ln_f_bias", Shape{C}, false, 0, 0});
   return specs;
@@ -67,17 +68,17 @@ struct Gpt2::Activations {
   int B = 0, T = 0;
   std::unique_ptr<Arena> arena;
   Tensor tokens, targets, losses;
-  Tensor encoded;                       // [N, C] embedding output = residual stream into layer 0
-  std::vector<Tensor> resid_mid;        // per layer [N, C]: x + attn
-  std::vector<Tensor> resid_out;        // per layer [N, C]: block output
-  std::vector<Tensor> stage_out;        // per routed stage [N, C]: its output
+  Tensor encoded;                 // [N, C] embedding output = residual stream into layer 0
+  std::vector<Tensor> resid_mid;  // per layer [N, C]: x + attn
+  std::vector<Tensor> resid_out;  // per layer [N, C]: block output
+  std::vector<Tensor> stage_out;  // per routed stage [N, C]: its output
   std::vector<AttentionStash> attn;
   std::vector<MlpStash> mlp;
   Tensor lnf, lnf_mean, lnf_rstd;
   // scratch
-  Tensor branch_out;                    // [N, C] a sub-layer's output before the residual add
-  Tensor head_scratch;                  // [rows, V]
-  Tensor dres;                          // [N, C] gradient of the residual stream
+  Tensor branch_out;    // [N, C] a sub-layer's output before the residual add
+  Tensor head_scratch;  // [rows, V]
+  Tensor dres;          // [N, C] gradient of the residual stream
   AttentionScratch attn_scratch;
   MlpScratch mlp_scratch;
 };
@@ -89,24 +90,26 @@ Gpt2::Gpt2(const Gpt2Config& cfg, Backend& backend, DType dtype, Communicator* e
   items_ = effective_stack(cfg);
   int dense = 0;
   for (const auto& item : items_) dense += item.routed ? 0 : item.dense_count;
-  require(dense == cfg.n_layer, "model.n_layer (" + std::to_string(cfg.n_layer) + ") must equal the dense blocks of model.stack (" +
-                                    std::to_string(dense) + ")");
+  require(dense == cfg.n_layer, "model.n_layer (" + std::to_string(cfg.n_layer) +
+                                    ") must equal the dense blocks of model.stack (" + std::to_string(dense) + ")");
   const int E = ep_ ? ep_->size() : 1;
   int r = 0;
   for (const auto& item : items_) {
     if (!item.routed) continue;
     const std::string where = "model.stack routed stage " + stage_prefix(cfg, r++);
-    for (auto [key, n] : {std::pair{"attn_modules", item.stage.attn_modules}, std::pair{"ffn_modules", item.stage.ffn_modules}}) {
+    for (auto [key, n] :
+         {std::pair{"attn_modules", item.stage.attn_modules}, std::pair{"ffn_modules", item.stage.ffn_modules}}) {
       if (std::string(key) == "attn_modules" && item.stage.attn_routing == RoutingMode::Single) continue;
-      require(n % E == 0, where + ": " + (item.stage.moe && std::string(key) == "ffn_modules" ? std::string("experts")
-                                                                                                  : std::string(key)) +
-                              " (" + std::to_string(n) + ") is not a multiple of train.ep_size (" + std::to_string(E) +
-                              "); every expert-parallel rank holds an equal share of each pool, so choose pool sizes "
-                              "divisible by ep_size or another ep_size");
+      require(n % E == 0,
+              where + ": " +
+                  (item.stage.moe && std::string(key) == "ffn_modules" ? std::string("experts") : std::string(key)) +
+                  " (" + std::to_string(n) + ") is not a multiple of train.ep_size (" + std::to_string(E) +
+                  "); every expert-parallel rank holds an equal share of each pool, so choose pool sizes "
+                  "divisible by ep_size or another ep_size");
     }
   }
-  params_ = std::make_unique<ParameterStore>(backend, dtype, gpt2_param_specs(cfg),
-                                             PoolShard{ep_ ? ep_->rank() : 0, E});
+  params_ =
+      std::make_unique<ParameterStore>(backend, dtype, gpt2_param_specs(cfg), PoolShard{ep_ ? ep_->rank() : 0, E});
   r = 0;
   for (const auto& item : items_)
     if (item.routed)
@@ -142,14 +145,14 @@ void Gpt2::init_weights(uint64_t seed) { params_->initialize(seed); }
 
 AttentionWeights Gpt2::attn_weights(bool grads, int l) const {
   auto get = [&](const char* name) { return grads ? params_->grad(name)[l] : params_->param(name)[l]; };
-  return {get("blocks/ln1_weight"),      get("blocks/ln1_bias"),        get("blocks/attn_qkv_weight"),
-          get("blocks/attn_qkv_bias"),   get("blocks/attn_proj_weight"), get("blocks/attn_proj_bias")};
+  return {get("blocks/ln1_weight"),    get("blocks/ln1_bias"),         get("blocks/attn_qkv_weight"),
+          get("blocks/attn_qkv_bias"), get("blocks/attn_proj_weight"), get("blocks/attn_proj_bias")};
 }
 
 MlpWeights Gpt2::mlp_weights(bool grads, int l) const {
   auto get = [&](const char* name) { return grads ? params_->grad(name)[l] : params_->param(name)[l]; };
-  return {get("blocks/ln2_weight"),    get("blocks/ln2_bias"),       get("blocks/mlp_fc_weight"),
-          get("blocks/mlp_fc_bias"),   get("blocks/mlp_proj_weight"), get("blocks/mlp_proj_bias")};
+  return {get("blocks/ln2_weight"),  get("blocks/ln2_bias"),        get("blocks/mlp_fc_weight"),
+          get("blocks/mlp_fc_bias"), get("blocks/mlp_proj_weight"), get("blocks/mlp_proj_bias")};
 }
 
 void Gpt2::prepare(int B, int T) {
@@ -190,8 +193,7 @@ void Gpt2::prepare(int B, int T) {
     for (Shape s : {N3C, NC, N4C, N4C}) blocks_plan.add(s, f);
     ArenaPlan head_plan;
     head_plan.add(Shape{head_rows, V}, f);
-    const int64_t shared_elems =
-        static_cast<int64_t>(std::max(blocks_plan.bytes(), head_plan.bytes()) / dtype_size(f));
+    const int64_t shared_elems = static_cast<int64_t>(std::max(blocks_plan.bytes(), head_plan.bytes()) / dtype_size(f));
     Tensor shared = t(Shape{shared_elems}, f);
     const bool planning = shared.empty();
     Tensor head = planning ? Tensor{} : shared.rows(0, head_rows * V).reshaped(Shape{head_rows, V});
@@ -214,7 +216,12 @@ void Gpt2::prepare(int B, int T) {
     }
   };
   ArenaPlan plan;
-  layout([&](Shape s, DType d) { plan.add(s, d); return Tensor{}; }, nullptr);
+  layout(
+      [&](Shape s, DType d) {
+        plan.add(s, d);
+        return Tensor{};
+      },
+      nullptr);
   act_.reset();
   auto a = std::make_unique<Activations>();
   a->B = B, a->T = T;
@@ -256,8 +263,7 @@ int64_t Gpt2::active_parameters() const {
 double Gpt2::flops_per_token(int T) const {
   int64_t attention_layers = cfg_.n_layer;
   for (const auto& st : stages_) attention_layers += st->config().steps;
-  return 6.0 * static_cast<double>(active_parameters()) +
-         6.0 * static_cast<double>(attention_layers) * cfg_.n_embd * T;
+  return 6.0 * static_cast<double>(active_parameters()) + 6.0 * static_cast<double>(attention_layers) * cfg_.n_embd * T;
 }
 
 double Gpt2::aux_loss() const {
@@ -287,8 +293,8 @@ void Gpt2::dense_forward(int l, const Tensor& x, int B, int T) {
 void Gpt2::dense_backward(int l, const Tensor& x, int B, int T) {
   Activations& a = *act_;
   const AttentionShape ash{B, T, cfg_.n_head, cfg_.ln_eps};
-  mlp_sublayer_backward(backend_, mlp_weights(false, l), mlp_weights(true, l), a.mlp[l], a.mlp_scratch,
-                        a.resid_mid[l], a.dres, a.dres);
+  mlp_sublayer_backward(backend_, mlp_weights(false, l), mlp_weights(true, l), a.mlp[l], a.mlp_scratch, a.resid_mid[l],
+                        a.dres, a.dres);
   attention_sublayer_backward(backend_, attn_weights(false, l), attn_weights(true, l), a.attn[l], a.attn_scratch, x,
                               a.dres, a.dres, ash);
 }
@@ -413,9 +419,9 @@ void Gpt2::logits(const int32_t* tokens, int B, int T, std::vector<double>& out)
 void Gpt2::decode(const int32_t* tokens, int n, int pos, std::vector<float>& out) {
   require(dtype_ == DType::F32, "decode needs an f32 model");
   require(stages_.empty(), "decode: the KV cache serves dense models; routed models recompute the prefix");
-  require(n >= 1 && pos >= 0 && pos + n <= cfg_.n_ctx,
-          "decode: positions " + std::to_string(pos) + ".." + std::to_string(pos + n - 1) + " exceed n_ctx " +
-              std::to_string(cfg_.n_ctx));
+  require(n >= 1 && pos >= 0 && pos + n <= cfg_.n_ctx, "decode: positions " + std::to_string(pos) + ".." +
+                                                           std::to_string(pos + n - 1) + " exceed n_ctx " +
+                                                           std::to_string(cfg_.n_ctx));
   const int64_t R = cfg_.n_ctx, C = cfg_.n_embd, V = cfg_.vocab_size;
   if (!dec_) {
     auto layout = [&](auto&& take, DecodeState* d) {
@@ -429,7 +435,12 @@ void Gpt2::decode(const int32_t* tokens, int n, int pos, std::vector<float>& out
       if (d) *d = {nullptr, k, v, tok, x, ln, mean, rstd, qkv, att, br, fc, ge, lg};
     };
     ArenaPlan plan;
-    layout([&](Shape s, DType t) { plan.add(s, t); return Tensor{}; }, nullptr);
+    layout(
+        [&](Shape s, DType t) {
+          plan.add(s, t);
+          return Tensor{};
+        },
+        nullptr);
     auto d = std::make_unique<DecodeState>();
     auto arena = std::make_unique<Arena>(backend_, plan.bytes());
     layout([&](Shape s, DType t) { return arena->alloc(s, t); }, d.get());

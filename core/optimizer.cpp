@@ -42,8 +42,10 @@ double sum_squares(const ParameterStore& params, const Tensor& t) {
 
 void allreduce(Communicator& c, const Tensor& t) {
   if (c.size() == 1 || t.numel() == 0) return;
-  if (t.dtype == DType::F64) c.allreduce_sum(t.ptr<double>(), static_cast<size_t>(t.numel()));
-  else c.allreduce_sum(t.ptr<float>(), static_cast<size_t>(t.numel()));
+  if (t.dtype == DType::F64)
+    c.allreduce_sum(t.ptr<double>(), static_cast<size_t>(t.numel()));
+  else
+    c.allreduce_sum(t.ptr<float>(), static_cast<size_t>(t.numel()));
 }
 
 }  // namespace

@@ -73,8 +73,10 @@ void fill(Backend& be, const Tensor& dst, const ParamSpec& s, RowRange rows, Rng
 void ParameterStore::initialize(uint64_t seed) {
   Rng rng(seed);
   for (size_t i = 0; i < specs_.size(); ++i) {
-    if (dtype_ == DType::F32) fill<float>(backend_, params_[i], specs_[i], rows_[i], rng);
-    else fill<double>(backend_, params_[i], specs_[i], rows_[i], rng);
+    if (dtype_ == DType::F32)
+      fill<float>(backend_, params_[i], specs_[i], rows_[i], rng);
+    else
+      fill<double>(backend_, params_[i], specs_[i], rows_[i], rng);
   }
 }
 

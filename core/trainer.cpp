@@ -3,9 +3,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdarg>
-#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <regex>
@@ -38,7 +38,8 @@ fs::path latest_checkpoint(const fs::path& run_dir) {
   for (const auto& e : fs::directory_iterator(run_dir)) {
     std::smatch m;
     const std::string name = e.path().filename().string();
-    if (std::regex_match(name, m, pattern) && std::stoll(m[1]) > best_step) best_step = std::stoll(m[1]), best = e.path();
+    if (std::regex_match(name, m, pattern) && std::stoll(m[1]) > best_step)
+      best_step = std::stoll(m[1]), best = e.path();
   }
   return best;
 }
@@ -128,7 +129,8 @@ nlohmann::json reduce_routing_stats(Communicator& world, nlohmann::json stats) {
   if (world.size() == 1) return stats;
   std::vector<nlohmann::json*> leaves;
   auto walk = [&](auto&& self, nlohmann::json& j) -> void {
-    if (j.is_number()) leaves.push_back(&j);
+    if (j.is_number())
+      leaves.push_back(&j);
     else if (j.is_structured())
       for (auto& child : j) self(self, child);
   };
@@ -137,8 +139,10 @@ nlohmann::json reduce_routing_stats(Communicator& world, nlohmann::json stats) {
   for (const auto* leaf : leaves) v.push_back(leaf->get<double>());
   world.allreduce_sum(v.data(), v.size());
   for (size_t i = 0; i < leaves.size(); ++i) {
-    if (leaves[i]->is_number_integer()) *leaves[i] = static_cast<int64_t>(std::llround(v[i]));
-    else *leaves[i] = v[i] / world.size();
+    if (leaves[i]->is_number_integer())
+      *leaves[i] = static_cast<int64_t>(std::llround(v[i]));
+    else
+      *leaves[i] = v[i] / world.size();
   }
   return stats;
 }
@@ -159,8 +163,10 @@ std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const long s = std::lround(seconds);
   char buf[32];
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
-  else std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s % 3600) / 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
   return buf;
 }
 
@@ -229,9 +235,11 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
             "--resume: the model in '" + existing.string() + "' differs from this config's 'model' section");
     load_checkpoint(existing, model, &opt, &st);
     rng.set_state(st.rng);
-    out.printf("resumed from %s at step %lld (saved by %lld ranks at ep_size %lld; now %d ranks at ep_size %d)\n",
-               existing.string().c_str(), static_cast<long long>(st.step), static_cast<long long>(st.ranks),
-               static_cast<long long>(st.ep_size), W, tc.ep_size);
+    out.printf("resumed from %s at step %lld", existing.string().c_str(), static_cast<long long>(st.step));
+    if (st.ranks != W || st.ep_size != tc.ep_size)
+      out.printf(" (saved by %lld ranks at ep_size %lld; now %d ranks at ep_size %d)", static_cast<long long>(st.ranks),
+                 static_cast<long long>(st.ep_size), W, tc.ep_size);
+    out.printf("\n");
   } else if (!opts.init_from.empty()) {
     load_checkpoint(opts.init_from, model, nullptr, nullptr);
     out.printf("initialised weights from %s (fresh optimizer)\n", opts.init_from.c_str());
@@ -254,9 +262,11 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
     if (st.loader_batch_samples > 0 && st.loader_batch_samples != batch_samples) {
       const uint64_t samples = st.loader_batch * static_cast<uint64_t>(st.loader_batch_samples);
       require(samples % static_cast<uint64_t>(batch_samples) == 0,
-              "--resume: the checkpoint stopped after " + std::to_string(samples) + " samples of its epoch, which is "
-              "not a whole number of this run's global batches (" + std::to_string(W) + " ranks x batch size " +
-              std::to_string(B) + "); resume with a rank count and batch size that divide it");
+              "--resume: the checkpoint stopped after " + std::to_string(samples) +
+                  " samples of its epoch, which is "
+                  "not a whole number of this run's global batches (" +
+                  std::to_string(W) + " ranks x batch size " + std::to_string(B) +
+                  "); resume with a rank count and batch size that divide it");
       batch = samples / static_cast<uint64_t>(batch_samples);
     }
     train_loader.restore({st.loader_epoch, batch});
@@ -274,11 +284,12 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   }
   const int64_t step_tokens = static_cast<int64_t>(W) * B * T * tc.grad_accum;
 
-  out.printf("model: %d dense layers + %zu routed stages, width %d, %d heads, context %d, vocab %d: %.2fM "
-             "parameters; %s, %d threads\n",
-             cfg.model.n_layer, model.stages().size(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
-             cfg.model.vocab_size, static_cast<double>(model.params().global_num_elements()) / 1e6, be.name().c_str(),
-             be.num_threads());
+  out.printf(
+      "model: %d dense layers + %zu routed stages, width %d, %d heads, context %d, vocab %d: %.2fM "
+      "parameters; %s, %d threads\n",
+      cfg.model.n_layer, model.stages().size(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
+      cfg.model.vocab_size, static_cast<double>(model.params().global_num_elements()) / 1e6, be.name().c_str(),
+      be.num_threads());
   out.printf("active parameters per token %.2fM | %.3f GFLOP per training token\n",
              static_cast<double>(model.active_parameters()) / 1e6, model.flops_per_token(tc.seq_len) / 1e9);
   if (W > 1)
@@ -314,8 +325,9 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
     world.allreduce_sum(&failed, 1);
     require(failed == 0, out.lead() ? failure : "rank 0 could not write checkpoint '" + p.string() + "'");
     last_saved = p;
-    if (out.lead()) metrics << nlohmann::json{{"event", "checkpoint"}, {"step", step}, {"path", p.string()}}.dump()
-                            << "\n" << std::flush;
+    if (out.lead())
+      metrics << nlohmann::json{{"event", "checkpoint"}, {"step", step}, {"path", p.string()}}.dump() << "\n"
+              << std::flush;
   };
 
   StopSignals stop_signals;
@@ -363,12 +375,20 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
     if (tc.ep_size > 1 && !model.stages().empty())
       n += std::snprintf(line + n, sizeof line - n, " | exchange %.0f%%", 100 * exchange_share);
     std::snprintf(line + n, sizeof line - n, " | ETA %s", format_duration(eta).c_str());
-    if (tty) out.printf("\r%s\x1b[K", line);
-    else out.printf("%s\n", line);
+    if (tty)
+      out.printf("\r%s\x1b[K", line);
+    else
+      out.printf("%s\n", line);
     // nlohmann writes doubles in round-trip precision, so metrics compare bit for bit.
-    nlohmann::json rec{{"step", st.step},  {"loss", loss}, {"lr", lr},
-                       {"grad_norm", norm}, {"tokens_per_s", tok_s},          {"ms_per_step", ms},
-                       {"tokens_seen", st.tokens_seen}, {"ranks", W}, {"ep_size", tc.ep_size}};
+    nlohmann::json rec{{"step", st.step},
+                       {"loss", loss},
+                       {"lr", lr},
+                       {"grad_norm", norm},
+                       {"tokens_per_s", tok_s},
+                       {"ms_per_step", ms},
+                       {"tokens_seen", st.tokens_seen},
+                       {"ranks", W},
+                       {"ep_size", tc.ep_size}};
     if (!model.stages().empty()) {
       rec["aux_loss"] = aux;
       rec["routing"] = routing;
@@ -395,11 +415,12 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
     if ((tc.save_every > 0 && st.step % tc.save_every == 0) || final_step || stop) save(st.step);
     if (stop) {
       if (tty) out.printf("\n");
-      out.printf("stopped by signal at step %lld: checkpoint %s saved; run again with --resume (or --auto-resume) "
-                 "to continue\n",
-                 static_cast<long long>(st.step), last_saved.string().c_str());
-      if (out.lead()) metrics << nlohmann::json{{"event", "stopped_by_signal"}, {"step", st.step}}.dump() << "\n"
-                              << std::flush;
+      out.printf(
+          "stopped by signal at step %lld: checkpoint %s saved; run again with --resume (or --auto-resume) "
+          "to continue\n",
+          static_cast<long long>(st.step), last_saved.string().c_str());
+      if (out.lead())
+        metrics << nlohmann::json{{"event", "stopped_by_signal"}, {"step", st.step}}.dump() << "\n" << std::flush;
       summary.stopped_by_signal = true;
       break;
     }

@@ -45,14 +45,16 @@ std::string stack_of(const std::string& kind) {
              {"type": "dense", "count": 1}])";
 }
 
-std::string config_json(const std::string& kind, const std::string& data, const std::string& run_dir,
-                        int steps = 8, int save_every = 0) {
+std::string config_json(const std::string& kind, const std::string& data, const std::string& run_dir, int steps = 8,
+                        int save_every = 0) {
   return R"({"model": {"n_ctx": 32, "n_head": 2, "n_embd": 32, "stack": )" + stack_of(kind) + R"(},
-            "data": {"train": ")" + data + R"(/train_*.bin", "val": ")" + data + R"(/val_*.bin"},
-            "train": {"batch_size": 1, "seq_len": 32, "steps": )" + std::to_string(steps) +
-         R"(, "warmup_steps": 2, "lr": 2e-3, "threads": 1, "eval_every": 0, "save_every": )" +
+            "data": {"train": ")" +
+         data + R"(/train_*.bin", "val": ")" + data + R"(/val_*.bin"},
+            "train": {"batch_size": 1, "seq_len": 32, "steps": )" +
+         std::to_string(steps) + R"(, "warmup_steps": 2, "lr": 2e-3, "threads": 1, "eval_every": 0, "save_every": )" +
          std::to_string(save_every) + R"(, "seed": 11},
-            "run_dir": ")" + run_dir + R"("})";
+            "run_dir": ")" +
+         run_dir + R"("})";
 }
 
 double relative_gap(double a, double b) { return std::abs(a - b) / std::max(std::abs(a), 1e-30); }
@@ -115,11 +117,15 @@ TEST_P(LossTrajectory, EveryRankCountAndEpSizeMatchesOneProcess) {
     const auto [gap, n] = compare(want, losses(name));
     EXPECT_EQ(n, want.size()) << name;
     EXPECT_LE(gap, kRelTol) << name;
-    if (np == 1) EXPECT_EQ(gap, 0.0) << name << ": one rank under mpirun must be the plain process bit for bit";
+    if (np == 1) {
+      EXPECT_EQ(gap, 0.0) << name << ": one rank under mpirun must be the plain process bit for bit";
+    }
     // The exchange is only used, and only reported as traffic, across ranks.
     const std::string metrics = read_file(*dir_ / (name + "/metrics.jsonl"));
     EXPECT_NE(metrics.find("\"exchange_bytes\":" + std::string(ep > 1 ? "" : "0,")), std::string::npos) << name;
-    if (ep > 1) EXPECT_EQ(metrics.find("\"exchange_bytes\":0,"), std::string::npos) << name;
+    if (ep > 1) {
+      EXPECT_EQ(metrics.find("\"exchange_bytes\":0,"), std::string::npos) << name;
+    }
     std::printf("%s: %zu steps, worst relative loss gap %.2e\n", name.c_str(), n, gap);
   }
 }
@@ -170,8 +176,10 @@ TEST_F(ParallelTraining, SignalStopsEveryRankWithACheckpointAndAutoResumeFinishe
   const std::string metrics = *dir_ / (name + "/metrics.jsonl");
   // mpirun in the background; once a few steps are logged, SIGUSR1 goes to both ranks.
   const std::string script = mpirun(2) + shell_quote(mom_binary()) + " train --config " + shell_quote(cfg) +
-                             " --set train.ep_size=2 > " + shell_quote(*dir_ / "signal.log") + " 2>&1 & MP=$!\n"
-                             "for i in $(seq 600); do [ \"$(grep -c '\"loss\"' " + shell_quote(metrics) +
+                             " --set train.ep_size=2 > " + shell_quote(*dir_ / "signal.log") +
+                             " 2>&1 & MP=$!\n"
+                             "for i in $(seq 600); do [ \"$(grep -c '\"loss\"' " +
+                             shell_quote(metrics) +
                              " 2>/dev/null)\" -ge 3 ] && break; sleep 0.05; done\n"
                              "pkill -USR1 -P $MP\n"
                              "wait $MP; echo \"exit=$?\"";
@@ -223,8 +231,10 @@ TEST_F(ParallelTraining, KilledRankEndsTheJobQuicklyAndTheLastCheckpointLoads) {
   // A rank is killed with SIGKILL between checkpoints; the job must end non-zero within 60 s.
   const std::string script = "export MOM_COMM_TIMEOUT_S=30\n" + mpirun(2) + shell_quote(mom_binary()) +
                              " train --config " + shell_quote(cfg) + " --set train.ep_size=2 > " +
-                             shell_quote(*dir_ / "killed.log") + " 2>&1 & MP=$!\n"
-                             "for i in $(seq 600); do ls " + shell_quote(*dir_ / name) +
+                             shell_quote(*dir_ / "killed.log") +
+                             " 2>&1 & MP=$!\n"
+                             "for i in $(seq 600); do ls " +
+                             shell_quote(*dir_ / name) +
                              "/ckpt_*.h5 >/dev/null 2>&1 && break; sleep 0.1; done\n"
                              "sleep 0.7\n"
                              "victim=$(pgrep -P $MP | tail -n 1)\n"

@@ -5,8 +5,8 @@
 #include "core/error.h"
 #include "core/layers/attention_sublayer.h"
 #include "core/layers/mlp_sublayer.h"
-#include "router/gating.h"
 #include "parallel/process_groups.h"
+#include "router/gating.h"
 
 namespace mom {
 
@@ -95,8 +95,8 @@ struct Side {
   std::vector<double> logits;      // host copy, for the z-loss gradient
   std::vector<double> dprobs_aux;  // ∂(balance loss)/∂p, before the loss scale
   router::RoutingStats stats;
-  double balance = 0, z = 0;  // scaled loss values
-  Tensor rows, slot, weight;  // device: I32 [N·K], I32 [N,K], [N,K]
+  double balance = 0, z = 0;        // scaled loss values
+  Tensor rows, slot, weight;        // device: I32 [N·K], I32 [N,K], [N,K]
   parallel::ExchangeLayout layout;  // ep_size > 1: this routing's counts and row order
   std::vector<int64_t> offsets;     // local module l computes rows [offsets[l], offsets[l+1])
   GrowingArena local;               // ep_size > 1: the module-side tensors below
@@ -137,8 +137,7 @@ struct RoutedStage::Impl {
   GrowingArena backward_local;  // ep_size > 1: module-side gradients
   double aux_scale = 1;
 
-  Impl(const RoutedStageConfig& c, const ParameterStore& p, std::string pre, int c_, int nh, double e,
-       Communicator* ep)
+  Impl(const RoutedStageConfig& c, const ParameterStore& p, std::string pre, int c_, int nh, double e, Communicator* ep)
       : cfg(c),
         P(p),
         prefix(std::move(pre)),
@@ -157,10 +156,9 @@ struct RoutedStage::Impl {
     Kf = cfg.ffn_routing == RoutingMode::Learned ? cfg.top_k : 1;
     if (ep_size > 1) {
       if (cfg.attn_routing != RoutingMode::Single)
-        attn_exchange = std::make_unique<parallel::TokenExchange>(
-            *ep, parallel::ModuleSharding(cfg.attn_modules, ep_size));
-      ffn_exchange =
-          std::make_unique<parallel::TokenExchange>(*ep, parallel::ModuleSharding(cfg.ffn_modules, ep_size));
+        attn_exchange =
+            std::make_unique<parallel::TokenExchange>(*ep, parallel::ModuleSharding(cfg.attn_modules, ep_size));
+      ffn_exchange = std::make_unique<parallel::TokenExchange>(*ep, parallel::ModuleSharding(cfg.ffn_modules, ep_size));
     }
   }
 
@@ -458,16 +456,15 @@ struct RoutedStage::Impl {
         Tensor dl_out = d_ffn_out.rows(0, Mf), dl_in = d_in_rows.rows(0, Mf);
         MlpScratch scratch = mlp_scratch;
         if (ex) {
-          const auto t = carve(backward_local, b, f,
-                               {Shape{R, c}, Shape{R, c}, Shape{R, c}, Shape{R, 4 * c}, Shape{R, 4 * c}});
+          const auto t =
+              carve(backward_local, b, f, {Shape{R, c}, Shape{R, c}, Shape{R, c}, Shape{R, 4 * c}, Shape{R, 4 * c}});
           dl_out = t[0], dl_in = t[1], scratch = {t[2], t[3], t[4]};
           to_owners(ex, s.ffn, d_ffn_out.rows(0, Mf), dl_out);
         }
         b.zero(dl_in);
         for_modules(s.ffn, local_ffn, [&](int l, int64_t r0, int64_t r1) {
           mlp_sublayer_backward(b, mlp("ffn", l, false), mlp("ffn", l, true), rows_of(s.f_stash, r0, r1),
-                                rows_of(scratch, r0, r1), s.f_in.rows(r0, r1), dl_out.rows(r0, r1),
-                                dl_in.rows(r0, r1));
+                                rows_of(scratch, r0, r1), s.f_in.rows(r0, r1), dl_out.rows(r0, r1), dl_in.rows(r0, r1));
         });
         to_sources(ex, s.ffn, dl_in, d_in_rows.rows(0, Mf));
         if (cfg.shared_expert)
