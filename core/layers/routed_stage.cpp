@@ -437,21 +437,30 @@ struct RoutedStage::Impl {
     net->backward(h, x, dlg, dres);
   }
 
+  // Backward of a side's weighted combine: dy = ∂L/∂(x after the side) (dres keeps the identity
+  // path), ∂L/∂(plan-order module outputs) into `doutputs`, ∂L/∂(routing weights) into the
+  // returned view of dweight.
+  Tensor combine_backward(const Side& side, int K, const Tensor& dres, const Tensor& outputs, const Tensor& doutputs) {
+    Backend& b = be();
+    b.copy(dy, dres);
+    const Tensor dw = leading_view(dweight, K);
+    b.zero(dw);
+    b.zero(doutputs);
+    b.combine_rows_backward(doutputs, dw, dy, outputs, side.slot, side.weight);
+    return dw;
+  }
+
   void backward(const Tensor& dres, double loss_scale) {
     Backend& b = be();
     const DType f = P.dtype();
     const int64_t c = C;
     for (int h = cfg.steps - 1; h >= 0; --h) {
       StepStash& s = steps[h];
-      // ---- FFN assembly backward. dy = ∂L/∂(x after the FFN); dres keeps the identity path.
+      // ---- FFN assembly backward.
       {
         parallel::TokenExchange* ex = ffn_exchange.get();
         const int64_t Mf = s.ffn.plan.M(), R = s.ffn.R();
-        b.copy(dy, dres);
-        const Tensor dwf = leading_view(dweight, Kf);
-        b.zero(dwf);
-        b.zero(d_ffn_out);
-        b.combine_rows_backward(d_ffn_out, dwf, dy, s.f_out, s.ffn.slot, s.ffn.weight);
+        combine_backward(s.ffn, Kf, dres, s.f_out, d_ffn_out);
         // Module side: ∂L/∂outputs, ∂L/∂inputs and the MLP's scratch, for R rows.
         Tensor dl_out = d_ffn_out.rows(0, Mf), dl_in = d_in_rows.rows(0, Mf);
         MlpScratch scratch = mlp_scratch;
@@ -481,11 +490,7 @@ struct RoutedStage::Impl {
       } else {
         parallel::TokenExchange* ex = attn_exchange.get();
         const int64_t Ma = s.attn.plan.M(), R = s.attn.R();
-        b.copy(dy, dres);
-        const Tensor dwa = leading_view(dweight, Ka);
-        b.zero(dwa);
-        b.zero(d_a_rows);
-        b.combine_rows_backward(d_a_rows, dwa, dy, s.proj_rows, s.attn.slot, s.attn.weight);
+        const Tensor dwa = combine_backward(s.attn, Ka, dres, s.proj_rows, d_a_rows);
         // Module side: ∂L/∂(projection out), ∂L/∂(projection in), ∂L/∂QKV, ∂L/∂(LN out),
         // ∂L/∂(module in). With ep_size 1 they share the plan-order scratch, used in turn.
         Tensor dl_proj = d_a_rows.rows(0, Ma), dl_o = d_in_rows.rows(0, Ma), dl_qkv = d_qkv_rows.rows(0, Ma),
