@@ -110,21 +110,39 @@ template <class F> void for_each_param(const Gpt2& m, F f) {
   for (size_t i = 0; i < m.params().size(); ++i) f(m.params().specs()[i].name, m.params().param(i), m.params().grad(i));
 }
 
+// A perturbed dense GPT-2 of `layers` blocks and a routed model with `stack`, initialised from
+// it by two-stage init (seeds: dense seed, perturbation seed+1, routed seed+2, batch seed+3).
+// With forced routing and matching counts the two must compute the same function.
+struct DenseAndConverted {
+  io::RunConfig dense_cfg, routed_cfg;
+  Gpt2 dense, routed;
+  Batch batch;
+  DenseAndConverted(int layers, const std::string& stack, uint64_t seed)
+      : dense_cfg(dense_config(layers)),
+        routed_cfg(config(stack)),
+        dense(dense_cfg.model, backend_for(Device::CPU)),
+        routed(routed_cfg.model, backend_for(Device::CPU)),
+        batch(61, seed + 3) {
+    dense.init_weights(seed);
+    perturb(dense, seed + 1, 0.05);
+    routed.init_weights(seed + 2);
+    init_from_dense(dense, routed);
+  }
+  // The two models' logits on the batch are the same bits.
+  bool same_logits() {
+    std::vector<double> la, lb;
+    dense.logits(batch.x.data(), batch.B, batch.T, la);
+    routed.logits(batch.x.data(), batch.B, batch.T, lb);
+    return la == lb;
+  }
+};
+
 TEST(MoMSpecialCases, DenseGpt2EqualsForcedChunk) {
-  const io::RunConfig dense_cfg = dense_config(3);
-  Gpt2 dense(dense_cfg.model, backend_for(Device::CPU));
-  dense.init_weights(5);
-  perturb(dense, 6, 0.05);
-  const io::RunConfig mom_cfg = config(R"([{"type":"mom","attn_modules":3,"ffn_modules":3,"skip":false,"steps":3,
-      "top_k":1,"router":"forced"}])");
-  Gpt2 chunk(mom_cfg.model, backend_for(Device::CPU));
-  chunk.init_weights(7);
-  init_from_dense(dense, chunk);
-  const Batch b(61, 8);
-  std::vector<double> la, lb;
-  dense.logits(b.x.data(), b.B, b.T, la);
-  chunk.logits(b.x.data(), b.B, b.T, lb);
-  ASSERT_EQ(la, lb) << "a forced chunk with NA=NF=H=L must be the dense model, bit for bit";
+  DenseAndConverted pair(3, R"([{"type":"mom","attn_modules":3,"ffn_modules":3,"skip":false,"steps":3,
+      "top_k":1,"router":"forced"}])", 5);
+  Gpt2 &dense = pair.dense, &chunk = pair.routed;
+  const Batch& b = pair.batch;
+  ASSERT_TRUE(pair.same_logits()) << "a forced chunk with NA=NF=H=L must be the dense model, bit for bit";
   dense.params().zero_grads();
   chunk.params().zero_grads();
   const double loss_a = dense.forward_backward(b.x.data(), b.y.data(), b.B, b.T, 1.0 / 16);
@@ -153,19 +171,8 @@ TEST(MoMSpecialCases, DenseGpt2EqualsForcedChunk) {
 }
 
 TEST(MoMSpecialCases, MoEWithOneExpertEqualsDenseMlp) {
-  const io::RunConfig dense_cfg = dense_config(1);
-  Gpt2 dense(dense_cfg.model, backend_for(Device::CPU));
-  dense.init_weights(5);
-  perturb(dense, 9, 0.05);
-  const io::RunConfig moe_cfg = config(R"([{"type":"moe","experts":1,"top_k":1,"aux_coef":0,"z_coef":0}])");
-  Gpt2 moe(moe_cfg.model, backend_for(Device::CPU));
-  moe.init_weights(7);
-  init_from_dense(dense, moe);
-  const Batch b(61, 10);
-  std::vector<double> la, lb;
-  dense.logits(b.x.data(), b.B, b.T, la);
-  moe.logits(b.x.data(), b.B, b.T, lb);
-  EXPECT_EQ(la, lb);
+  DenseAndConverted pair(1, R"([{"type":"moe","experts":1,"top_k":1,"aux_coef":0,"z_coef":0}])", 5);
+  EXPECT_TRUE(pair.same_logits());
 }
 
 TEST(Dispatch, PermuteThenUnpermuteRestoresInputAndGradient) {
@@ -301,20 +308,10 @@ TEST(MoEEdgeCases, CapacityOverflowDropsAndDroppedContributeNothing) {
 
 TEST(TwoStage, ConvertedMoMWithForcedRouterReproducesDenseLogits) {
   // Dense 6 layers -> bottom 1, chunk NA=NF=3 (H=3, forced) + anchor, top 1.
-  const io::RunConfig dense_cfg = dense_config(6);
-  Gpt2 dense(dense_cfg.model, backend_for(Device::CPU));
-  dense.init_weights(12);
-  perturb(dense, 13, 0.05);
-  const io::RunConfig cfg = config(R"([{"type":"dense","count":1},{"type":"mom","attn_modules":3,"ffn_modules":3,
-      "skip":false,"steps":3,"top_k":1,"router":"forced","anchor":true},{"type":"dense","count":1}])");
-  Gpt2 mom(cfg.model, backend_for(Device::CPU));
-  mom.init_weights(14);
-  init_from_dense(dense, mom);
-  const Batch b(61, 15);
-  std::vector<double> la, lb;
-  dense.logits(b.x.data(), b.B, b.T, la);
-  mom.logits(b.x.data(), b.B, b.T, lb);
-  EXPECT_EQ(la, lb);
+  DenseAndConverted pair(6, R"([{"type":"dense","count":1},{"type":"mom","attn_modules":3,"ffn_modules":3,
+      "skip":false,"steps":3,"top_k":1,"router":"forced","anchor":true},{"type":"dense","count":1}])", 12);
+  EXPECT_TRUE(pair.same_logits());
+  const Gpt2& dense = pair.dense;
   // Counts that do not add up are refused with a message naming the stack.
   const io::RunConfig bad = config(R"([{"type":"mom","attn_modules":4,"ffn_modules":4,"steps":2,"top_k":1}])");
   Gpt2 wrong(bad.model, backend_for(Device::CPU));

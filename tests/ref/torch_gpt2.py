@@ -146,8 +146,16 @@ def load_mom_checkpoint(path, dtype=torch.float32):
     """Builds a Gpt2 from a mom checkpoint's config and fills it with the stored weights."""
     m = read_config(path)["model"]
     model = Gpt2(m["vocab_size"], m["n_ctx"], m["n_layer"], m["n_head"], m["n_embd"], m.get("ln_eps", 1e-5)).to(dtype)
-    with h5py.File(path, "r") as f, torch.no_grad():
-        for name, tensors in _mom_names(model).items():
+    with h5py.File(path, "r") as f:
+        copy_stored_params(f, _mom_names(model))
+    return model
+
+
+def copy_stored_params(f, names):
+    """Fills each name's tensors from params/<name> of an open mom checkpoint: blocks/* hold one
+    tensor per layer along their leading axis, every other dataset fills one tensor."""
+    with torch.no_grad():
+        for name, tensors in names.items():
             data = torch.from_numpy(np.asarray(f["params/" + name], dtype=np.float32))
             if not name.startswith("blocks/"):
                 data = data.unsqueeze(0)
@@ -155,7 +163,6 @@ def load_mom_checkpoint(path, dtype=torch.float32):
                 raise ValueError(f"params/{name}: checkpoint shape {list(data.shape)} does not fit the model")
             for t, d in zip(tensors, data):
                 t.copy_(d)
-    return model
 
 
 def mom_named_grads(model):

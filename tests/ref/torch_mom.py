@@ -18,12 +18,11 @@ and the survivors keep their weights. The dense blocks are torch_gpt2's Block, i
 import math
 
 import h5py
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch_gpt2 import Block, _block_tensors, read_config
+from torch_gpt2 import Block, _block_tensors, copy_stored_params, read_config
 
 # What a stack entry of each type means when a key is left out (io/config.cpp's defaults;
 # the checkpoint stores the entries as the user wrote them).
@@ -330,20 +329,13 @@ def load_mom_model(path, dtype=torch.float64):
     """Builds a MomGpt2 from a checkpoint's config and fills it with the stored weights."""
     m = read_config(path)["model"]
     model = MomGpt2(m, dtype)
-    with h5py.File(path, "r") as f, torch.no_grad():
+    with h5py.File(path, "r") as f:
         names = model.named_tensors()
         stored = {k for k in _dataset_names(f["params"])}
         if stored != set(names):
             raise ValueError(f"checkpoint and reference disagree on parameters: only stored {sorted(stored - set(names))}, "
                              f"only here {sorted(set(names) - stored)}")
-        for name, tensors in names.items():
-            data = torch.from_numpy(np.asarray(f["params/" + name], dtype=np.float32)).to(dtype)
-            if not name.startswith("blocks/"):
-                data = data.unsqueeze(0)
-            if data.shape[0] != len(tensors) or data.shape[1:] != tensors[0].shape:
-                raise ValueError(f"params/{name}: checkpoint shape {list(data.shape)} does not fit the model")
-            for t, d in zip(tensors, data):
-                t.copy_(d)
+        copy_stored_params(f, names)
     return model
 
 
