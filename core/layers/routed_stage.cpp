@@ -324,12 +324,17 @@ struct RoutedStage::Impl {
     be().copy_from_host(t, tmp.data());
   }
 
-  // Runs `body(l, r0, r1)` for each local module l with rows, one module per task.
+  // Runs `body(l, r0, r1)` for each local module l with rows, one module per task. Only the
+  // modules with rows are handed to run_modules: when one module has them all (forced
+  // routing, a collapsed router) it runs alone with every thread, exactly as a dense layer.
   template <class F>
   void for_modules(const Side& side, int local_modules, F&& body) {
-    be().run_modules(local_modules, [&](int l) {
-      const int64_t r0 = side.offsets[l], r1 = side.offsets[l + 1];
-      if (r0 != r1) body(l, r0, r1);
+    std::vector<int> busy;
+    for (int l = 0; l < local_modules; ++l)
+      if (side.offsets[l] != side.offsets[l + 1]) busy.push_back(l);
+    be().run_modules(static_cast<int>(busy.size()), [&](int i) {
+      const int l = busy[static_cast<size_t>(i)];
+      body(l, side.offsets[l], side.offsets[l + 1]);
     });
   }
 

@@ -6,6 +6,8 @@
 // scatter, norms) are partitioned by columns or by fixed-size blocks, never by thread, so
 // results do not depend on the thread count either.
 #pragma once
+#include <algorithm>
+
 #include "core/backend.h"
 
 namespace mom {
@@ -67,16 +69,33 @@ class CpuBackend final : public Backend {
 namespace cpu {
 
 // Calls f(T{}) with T = float or double according to the tensor's dtype.
-template <class F> void dispatch_float(DType dtype, F&& f) {
-  if (dtype == DType::F32) f(float{});
-  else if (dtype == DType::F64) f(double{});
-  else throw std::logic_error("cpu backend: op needs an f32 or f64 tensor");
+template <class F>
+void dispatch_float(DType dtype, F&& f) {
+  if (dtype == DType::F32)
+    f(float{});
+  else if (dtype == DType::F64)
+    f(double{});
+  else
+    throw std::logic_error("cpu backend: op needs an f32 or f64 tensor");
+}
+
+// Runs body(i0, i1) over [0, n) in fixed blocks of kElementBlock elements, the blocks shared
+// among the threads. Why fixed blocks: a vectorised loop computes its remainder elements
+// with scalar code (and with -ffast-math, scalar exp/tanh differ from the vector ones in the
+// last bit), so splitting by thread would make the bits depend on the thread count. With
+// blocks a multiple of any vector width, an element's path depends only on its position.
+inline constexpr int64_t kElementBlock = 4096;
+template <class F>
+void parallel_blocks(int64_t n, F&& body) {
+  const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) body(b * kElementBlock, std::min(n, (b + 1) * kElementBlock));
 }
 
 // Row-major GEMM: C = alpha·op(A)·op(B) + beta·C, op(A) [M,K], op(B) [K,N].
 template <class T>
-void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, T beta, T* C, int64_t ldc);
 
 }  // namespace cpu
 }  // namespace mom

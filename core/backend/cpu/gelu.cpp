@@ -16,11 +16,13 @@ void CpuBackend::gelu_forward(const Tensor& out, const Tensor& inp) {
     T* o = out.ptr<T>();
     const int64_t n = inp.numel();
     const T k = static_cast<T>(kSqrt2OverPi);
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const T z = x[i];
-      o[i] = T(0.5) * z * (T(1) + std::tanh(k * (z + T(0.044715) * z * z * z)));
-    }
+    cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        const T z = x[i];
+        o[i] = T(0.5) * z * (T(1) + std::tanh(k * (z + T(0.044715) * z * z * z)));
+      }
+    });
   });
 }
 
@@ -32,15 +34,17 @@ void CpuBackend::gelu_backward(const Tensor& dinp, const Tensor& inp, const Tens
     T* dx = dinp.ptr<T>();
     const int64_t n = inp.numel();
     const T k = static_cast<T>(kSqrt2OverPi);
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const T z = x[i];
-      const T u = k * (z + T(0.044715) * z * z * z);
-      const T th = std::tanh(u);
-      const T sech2 = T(1) - th * th;
-      const T grad = T(0.5) * (T(1) + th) + T(0.5) * z * sech2 * k * (T(1) + T(3) * T(0.044715) * z * z);
-      dx[i] += grad * d[i];
-    }
+    cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) {
+        const T z = x[i];
+        const T u = k * (z + T(0.044715) * z * z * z);
+        const T th = std::tanh(u);
+        const T sech2 = T(1) - th * th;
+        const T grad = T(0.5) * (T(1) + th) + T(0.5) * z * sech2 * k * (T(1) + T(3) * T(0.044715) * z * z);
+        dx[i] += grad * d[i];
+      }
+    });
   });
 }
 
