@@ -92,6 +92,56 @@ class Backend {
   virtual void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache,
                                         const Tensor& vcache, int pos0, int n_head) = 0;
 
+  // ---- simplified blocks (MODELS.md §4)
+  // RMSNorm over the last axis: out = w ⊙ x / (rms(x) + eps), rms(x) = sqrt(mean(x²)); the eps
+  // is added outside the root, as the SAS code does. rms [N] is saved for backward.
+  virtual void rmsnorm_forward(const Tensor& out, const Tensor& rms, const Tensor& inp, const Tensor& weight,
+                               double eps) = 0;
+  virtual void rmsnorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dout, const Tensor& inp,
+                                const Tensor& weight, const Tensor& rms, double eps) = 0;
+  // Shaped attention, per head h: A_h = β_h·softmax(q·kᵀ/sqrt(hd) + mask) + α_h·I − γ_h·C, with C
+  // the uniform causal matrix (C[i][j] = 1/(i+1) for j ≤ i), and out_h = A_h·v_h. qk [B,T,2C]
+  // (q | k, heads contiguous inside each), v and out [B,T,C], alpha/beta/gamma [nh], probs
+  // [B,nh,T,T] (the softmax, saved). With q = 0 the softmax is C itself and, at α = β = γ = 1,
+  // out = v exactly (the sub-block returns its values).
+  virtual void shaped_attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qk, const Tensor& v,
+                                        const Tensor& alpha, const Tensor& beta, const Tensor& gamma,
+                                        int n_head) = 0;
+  // dqk [B,T,2C], dv [B,T,C], dalpha/dbeta/dgamma [nh], all +=. Consumes probs, like
+  // attention_backward.
+  virtual void shaped_attention_backward(const Tensor& dqk, const Tensor& dv, const Tensor& dalpha,
+                                         const Tensor& dbeta, const Tensor& dgamma, const Tensor& dout,
+                                         const Tensor& qk, const Tensor& v, const Tensor& probs, const Tensor& alpha,
+                                         const Tensor& beta, const Tensor& gamma, int n_head) = 0;
+  // Scalar gains (SAS's β_SA, α_FF, β_FF; block 0's α_V, β_V): out += g·x, g a one-element tensor.
+  virtual void scaled_accumulate(const Tensor& out, const Tensor& x, const Tensor& gain) = 0;
+  // dx += g·dout and dgain += Σ dout ⊙ x (either may be empty).
+  virtual void scaled_accumulate_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout, const Tensor& x,
+                                          const Tensor& gain) = 0;
+
+  // ---- Alternating Updates (MODELS.md §5) over a stream of K blocks, x [K, N, C].
+  // predict: out[i] = Σ_j p[i][j]·x[j], p [K,K] (static) or [N,K,K] (per token, Gemma 3n's).
+  virtual void altup_predict_forward(const Tensor& out, const Tensor& x, const Tensor& p) = 0;
+  // dx[j] += Σ_i p[i][j]·dout[i]; dp[i][j] += Σ_c dout[i]·x[j] (summed over tokens when p is
+  // static). dx or dp may be empty.
+  virtual void altup_predict_backward(const Tensor& dx, const Tensor& dp, const Tensor& dout, const Tensor& x,
+                                      const Tensor& p) = 0;
+  // correct: out[i] = (pred[i] − g_i·pred[a]) + g_i·y, with y [N,C] the layer's output, a the
+  // active block, g [K] or [N,K]. Evaluated in this order so that K = 1 with g = 1 gives y
+  // exactly.
+  virtual void altup_correct_forward(const Tensor& out, const Tensor& pred, const Tensor& y, const Tensor& g,
+                                     int active) = 0;
+  // dpred[i] += dout[i] and dpred[a] −= Σ_i g_i·dout[i]; dy += Σ_i g_i·dout[i];
+  // dg_i += Σ_c dout[i]·(y − pred[a]) (summed over tokens when g is static). Any may be empty.
+  virtual void altup_correct_backward(const Tensor& dpred, const Tensor& dy, const Tensor& dg, const Tensor& dout,
+                                      const Tensor& pred, const Tensor& y, const Tensor& g, int active) = 0;
+  // Gemma 3n's coefficient router: tanh (backward from the saved output: dinp += (1 − out²)·dout)
+  // and a clamp of its coefficient weights (backward passes dout where |inp| ≤ limit).
+  virtual void tanh_forward(const Tensor& out, const Tensor& inp) = 0;
+  virtual void tanh_backward(const Tensor& dinp, const Tensor& out, const Tensor& dout) = 0;
+  virtual void clamp_forward(const Tensor& out, const Tensor& inp, double limit) = 0;
+  virtual void clamp_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout, double limit) = 0;
+
   // ---- dispatch: moving token rows to their modules and back (router/dispatch_plan.h)
   // out[m] = in[rows[m]] for the M dispatched rows (rows: I32 [M]).
   virtual void gather_rows(const Tensor& out, const Tensor& in, const Tensor& rows) = 0;

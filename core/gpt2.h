@@ -1,10 +1,13 @@
-// Gpt2: the dense GPT-2 model (MODELS.md §1) on any backend.
+// Gpt2: a GPT-2-family model (MODELS.md) on any backend: token and position embeddings, a
+// middle made of blocks (core/layers/block.h: pre-LN dense blocks, MoM chunks, MoE layers, SAS
+// and SAS-P blocks, optionally wrapped by AltUp), the final LayerNorm ln_f and the tied head.
 //
-// Parameters are stacked along a leading layer axis ("blocks/attn_qkv_weight" is
-// [L, 3C, C]); that axis becomes the module axis of MoM/MoE pools later, and is the axis a
-// checkpoint is sharded along. Activations are planned once per batch geometry in one arena.
-// Training runs forward and the head's backward in one pass (the fused, chunked
-// cross-entropy never holds the full [B·T, V] logits), then the blocks' backward.
+// Why this split: Gpt2 keeps only the embedding, ln_f, the head and the KV-cache plumbing; each
+// block kind is one file under core/layers/ and the stack is a list of them, built by
+// core/layers/blocks.h from the config. Activations are planned once per batch geometry in one
+// arena: each block's saved tensors, plus one scratch region every block (and the head's logits
+// chunk) reuses in turn. Training runs forward and the head's backward in one pass (the fused,
+// chunked cross-entropy never holds the full [B·T, V] logits), then the blocks' backward.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -12,36 +15,48 @@
 #include <vector>
 
 #include "core/backend.h"
-#include "core/layers/attention_sublayer.h"
-#include "core/layers/mlp_sublayer.h"
+#include "core/layers/altup.h"
+#include "core/layers/block.h"
 #include "core/layers/routed_stage.h"
+#include "core/layers/simplified_block.h"
 #include "core/params.h"
 
 namespace mom {
 
-// One entry of the model's middle: a run of dense blocks, or a routed stage (a MoM chunk or an
-// MoE layer). A chunk's anchor is a one-block dense run after it.
+enum class BlockType {
+  Dense,   // GPT-2's pre-LN block
+  Routed,  // a MoM chunk or an MoE layer (RoutedStageConfig::moe)
+  Sas,     // simplified block, sequential (MODELS.md §4)
+  SasP,    // simplified block, parallel
+};
+
+// One entry of the model's middle: a run of `count` dense, SAS or SAS-P blocks, or one routed
+// stage. A chunk's anchor is a one-block dense run after it.
 struct StackItem {
-  bool routed = false;
-  int dense_count = 0;      // dense run: number of blocks
-  RoutedStageConfig stage;  // routed stage
+  BlockType type = BlockType::Dense;
+  int count = 1;                // dense, SAS, SAS-P runs: blocks in the run
+  RoutedStageConfig stage;      // routed
+  SimplifiedConfig simplified;  // SAS, SAS-P
 };
 
 struct Gpt2Config {
   int vocab_size = 50257;
-  int n_ctx = 1024;    // context length, rows of wpe
-  int n_layer = 12;    // dense blocks in all (the stack's dense runs add up to this)
+  int n_ctx = 1024;  // context length, rows of wpe
+  int n_layer = 12;  // pre-LN dense blocks in all (the stack's dense runs add up to this)
   int n_head = 12;
   int n_embd = 768;
   double ln_eps = 1e-5;
-  bool decay_embeddings = false;  // weight decay on wte/wpe (matrices always decay; biases and norms never)
+  bool decay_embeddings = false;  // weight decay on wte/wpe (matrices always decay; biases, norms, gains never)
   std::vector<StackItem> stack;   // empty: n_layer dense blocks (GPT-2)
+  AltUpConfig altup;              // k = 0: off
 };
 
 // The stack with the GPT-2 default filled in (one dense run of n_layer blocks when empty).
 std::vector<StackItem> effective_stack(const Gpt2Config& cfg);
 // Parameter-name prefix of the i-th routed stage ("chunks/0/", "moe/0/").
 std::string stage_prefix(const Gpt2Config& cfg, int routed_index);
+// True when every block of the stack is a pre-LN dense block (and AltUp is off).
+bool is_dense_gpt2(const Gpt2Config& cfg);
 
 class Gpt2 {
  public:
@@ -54,7 +69,8 @@ class Gpt2 {
   const ParameterStore& params() const { return *params_; }
   Backend& backend() const { return backend_; }
 
-  // GPT-2 initialisation (MODELS.md §1), deterministic in `seed`.
+  // Initialisation of every parameter from its spec (GPT-2's for dense blocks, MODELS.md §1,
+  // §4, §5 for the others), deterministic in `seed`.
   void init_weights(uint64_t seed);
 
   // Mean cross-entropy over the B·T targets; no gradients.
@@ -67,23 +83,28 @@ class Gpt2 {
   // Logits of the last position only [V], recomputing the whole prefix (the reference for
   // the cached path below).
   void last_logits(const int32_t* tokens, int T, std::vector<float>& out);
+  // Whether decode() works for this model (every block keeps a KV cache).
+  bool can_decode() const;
   // Incremental decoding of one sequence with a KV cache: feeds n tokens at positions
   // pos..pos+n-1 (the cache must hold positions 0..pos-1 from earlier calls; pos 0 starts
   // over) and returns the logits after the last one. pos + n must not exceed n_ctx.
   void decode(const int32_t* tokens, int n, int pos, std::vector<float>& out);
 
-  // Parameters one token uses in a forward pass: everything outside the pools, plus, for each
-  // assembly step of each routed stage, top_k attention modules, top_k FFN modules, the
-  // routers and the shared expert (nominal: SKIP choices make the real count lower).
+  // Parameters one token uses in a forward pass: the embeddings, ln_f and every block's
+  // active parameters (a routed stage counts its chosen modules per step).
   int64_t active_parameters() const;
-  // Training FLOPs per token, llm.c's form: 6·active + 6·(attention layers)·C·T, where every
-  // assembly step counts as an attention layer.
+  // Training FLOPs per token, llm.c's form: 6·(parameters in matmuls a token uses) +
+  // 6·(attention layers)·C·T, where every assembly step counts as an attention layer.
   double flops_per_token(int T) const;
   // Auxiliary (balance and z) loss of the last forward, summed over routed stages.
   double aux_loss() const;
-  // Routing statistics of the last forward: per stage, per step, per router.
+  // Routing statistics of the last forward: per routed stage, per step, per router.
   nlohmann::json routing_stats() const;
-  const std::vector<std::unique_ptr<RoutedStage>>& stages() const { return stages_; }
+  // The middle in words: "2 dense blocks, 1 MoM chunk, 4 SAS-P blocks; AltUp K=2 (recycled)".
+  std::string describe() const;
+  // Routed stages (MoM chunks and MoE layers) in the stack.
+  int routed_stage_count() const;
+  const std::vector<std::unique_ptr<Block>>& blocks() const { return blocks_; }
   // Token-exchange traffic and time of all routed stages since the last reset.
   parallel::ExchangeStats exchange_stats() const;
   void reset_exchange_stats();
@@ -99,23 +120,19 @@ class Gpt2 {
   struct DecodeState;
   void prepare(int B, int T);
   void run_forward(const int32_t* tokens, int B, int T);
-  AttentionWeights attn_weights(bool grads, int layer) const;
-  MlpWeights mlp_weights(bool grads, int layer) const;
-  void dense_forward(int layer, const Tensor& x, int B, int T);
-  void dense_backward(int layer, const Tensor& x, int B, int T);
+  // The tied head's weight [V, C]: wte itself, or with wide AltUp its K blocks summed.
+  Tensor head_weight();
 
   Gpt2Config cfg_;
   Backend& backend_;
   DType dtype_;
   Communicator* ep_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<AltUpStream> altup_;  // null: AltUp off
   std::unique_ptr<ParameterStore> params_;
   std::unique_ptr<Activations> act_;
   std::unique_ptr<DecodeState> dec_;
-  std::vector<StackItem> items_;
-  std::vector<std::unique_ptr<RoutedStage>> stages_;
   size_t saved_bytes_ = 0;
 };
-
-std::vector<ParamSpec> gpt2_param_specs(const Gpt2Config& cfg);
 
 }  // namespace mom

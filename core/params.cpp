@@ -55,14 +55,41 @@ size_t ParameterStore::index(const std::string& name) const {
 
 namespace {
 
+Tensor joined(const Tensor& a, const Tensor& b, const std::string& what) {
+  if (static_cast<const char*>(b.data) != static_cast<const char*>(a.data) + a.bytes() || a.shape.rank != b.shape.rank)
+    throw std::logic_error("ParameterStore: " + what + " are not stored back to back");
+  for (int d = 1; d < a.shape.rank; ++d)
+    if (a.shape[d] != b.shape[d]) throw std::logic_error("ParameterStore: " + what + " differ in shape");
+  Tensor t = a;
+  t.shape.dim[0] += b.shape[0];
+  return t;
+}
+
+}  // namespace
+
+Tensor ParameterStore::joined_param(const std::string& first, const std::string& second) const {
+  return joined(param(first), param(second), first + " and " + second);
+}
+
+Tensor ParameterStore::joined_grad(const std::string& first, const std::string& second) const {
+  return joined(grad(first), grad(second), first + " and " + second);
+}
+
+namespace {
+
 // Draws the whole global tensor from the stream and keeps this rank's rows.
 template <class T>
 void fill(Backend& be, const Tensor& dst, const ParamSpec& s, RowRange rows, Rng& rng) {
   const int64_t n = s.shape.numel(), row = s.shape.rank ? n / s.shape[0] : n;
   const int64_t first = rows.begin * row, last = rows.end * row;
   std::vector<T> host(static_cast<size_t>(last - first));
+  const int64_t cols = s.shape.rank ? s.shape[s.shape.rank - 1] : 1;
+  const int64_t matrix = s.shape.rank >= 2 ? cols * s.shape[s.shape.rank - 2] : cols;
   for (int64_t k = 0; k < n; ++k) {
-    const double v = s.init_std > 0 ? rng.normal() * s.init_std : s.init_value;
+    const int64_t at = k % matrix;
+    const double v = s.init_std > 0 ? rng.normal() * s.init_std
+                     : s.identity   ? (at / cols == at % cols ? 1.0 : 0.0)
+                                    : s.init_value;
     if (k >= first && k < last) host[static_cast<size_t>(k - first)] = static_cast<T>(v);
   }
   be.copy_from_host(dst, host.data());

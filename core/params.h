@@ -27,7 +27,9 @@ struct ParamSpec {
   bool decay = true;    // false for biases, LayerNorm gains and (by option) embeddings
   double init_std = 0;  // N(0, init_std); 0 means constant init_value
   double init_value = 0;
-  bool pool = false;    // leading axis = modules of a pool, sharded over the EP group
+  bool pool = false;      // leading axis = modules of a pool, sharded over the EP group
+  bool stacked = false;   // one block's row of a tensor shared along a layer axis (core/layers/block.h)
+  bool identity = false;  // constant init: identity matrices over the last two axes (AltUp's p)
 };
 
 // This rank's place in the expert-parallel group that shares the module pools.
@@ -55,6 +57,12 @@ class ParameterStore {
   const Tensor& param(const std::string& name) const { return params_[index(name)]; }
   const Tensor& grad(const std::string& name) const { return grads_[index(name)]; }
   size_t index(const std::string& name) const;
+  // Two tensors stored back to back (the second's spec follows the first's), seen as one
+  // concatenated along axis 0: SAS keeps W_q and W_k apart in checkpoints (they start from
+  // different inits) but multiplies by them as one [2C, C] matrix. Throws std::logic_error
+  // when they are not adjacent.
+  Tensor joined_param(const std::string& first, const std::string& second) const;
+  Tensor joined_grad(const std::string& first, const std::string& second) const;
   RowRange rows(size_t i) const { return rows_[i]; }
   const PoolShard& shard() const { return shard_; }
   // All parameters (gradients) as one flat tensor: dense tensors first, then pool tensors.

@@ -14,18 +14,24 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 size_t dtype_size(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::I32: return 4;
+    case DType::F32:
+      return 4;
+    case DType::F64:
+      return 8;
+    case DType::I32:
+      return 4;
   }
   return 0;
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "f32";
-    case DType::F64: return "f64";
-    case DType::I32: return "i32";
+    case DType::F32:
+      return "f32";
+    case DType::F64:
+      return "f64";
+    case DType::I32:
+      return "i32";
   }
   return "?";
 }
@@ -63,7 +69,8 @@ std::string Shape::str() const {
   return os.str();
 }
 
-template <class T> T* Tensor::ptr() const {
+template <class T>
+T* Tensor::ptr() const {
   if (dtype != dtype_of<T>())
     throw std::logic_error(std::string("Tensor::ptr: tensor is ") + dtype_name(dtype) + ", asked for " +
                            dtype_name(dtype_of<T>()));
@@ -74,8 +81,7 @@ template double* Tensor::ptr<double>() const;
 template int32_t* Tensor::ptr<int32_t>() const;
 
 Tensor Tensor::reshaped(Shape s) const {
-  if (s.numel() != numel())
-    throw std::logic_error("Tensor::reshaped: " + shape.str() + " cannot become " + s.str());
+  if (s.numel() != numel()) throw std::logic_error("Tensor::reshaped: " + shape.str() + " cannot become " + s.str());
   Tensor t = *this;
   t.shape = s;
   return t;
@@ -119,6 +125,27 @@ Tensor Arena::alloc(Shape s, DType t) {
   out.shape = s;
   out.dtype = t;
   out.device = backend_.device();
+  used_ += n;
+  return out;
+}
+
+Carver::Carver(Arena& arena)
+    : base_(static_cast<char*>(arena.base()) + arena.used()),
+      capacity_(arena.capacity() - arena.used()),
+      device_(arena.backend().device()) {}
+
+Tensor Carver::take(Shape s, DType t) {
+  const size_t n = align_up(static_cast<size_t>(s.numel()) * dtype_size(t));
+  Tensor out;
+  out.shape = s;
+  out.dtype = t;
+  out.device = device_;
+  if (!planning()) {
+    if (used_ + n > capacity_)
+      throw std::runtime_error("Carver: out of planned memory (" + std::to_string(used_ + n) + " > " +
+                               std::to_string(capacity_) + " bytes)");
+    out.data = static_cast<char*>(base_) + used_;
+  }
   used_ += n;
   return out;
 }

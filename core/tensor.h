@@ -23,10 +23,20 @@ size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 const char* device_name(Device d);
 
-template <class T> constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::F32; }
-template <> constexpr DType dtype_of<double>() { return DType::F64; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
+template <class T>
+constexpr DType dtype_of();
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::F32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::F64;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::I32;
+}
 
 struct Shape {
   static constexpr int kMaxRank = 4;
@@ -52,7 +62,8 @@ struct Tensor {
   size_t bytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype); }
   bool empty() const { return data == nullptr; }
   // Typed pointer; throws if T does not match dtype.
-  template <class T> T* ptr() const;
+  template <class T>
+  T* ptr() const;
   // The same memory with another shape of equal numel.
   Tensor reshaped(Shape s) const;
   // Rows [begin, end) along the leading axis.
@@ -95,6 +106,25 @@ class ArenaPlan {
 
  private:
   size_t bytes_ = 0;
+};
+
+// Hands out consecutive 64-byte-aligned views of one region, or, without a region, only counts
+// the bytes those views need. Why: a layout is then written once, as one function, and run
+// twice: with planning carvers to size the arenas, then with real ones to carve them.
+class Carver {
+ public:
+  Carver() = default;  // planning: take() returns empty tensors and counts bytes
+  Carver(void* base, size_t capacity, Device device) : base_(base), capacity_(capacity), device_(device) {}
+  // Carves from the unused rest of an arena.
+  explicit Carver(Arena& arena);
+  bool planning() const { return base_ == nullptr; }
+  Tensor take(Shape s, DType t);
+  size_t used() const { return used_; }
+
+ private:
+  void* base_ = nullptr;
+  size_t capacity_ = 0, used_ = 0;
+  Device device_ = Device::CPU;
 };
 
 }  // namespace mom

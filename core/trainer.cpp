@@ -285,9 +285,9 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   const int64_t step_tokens = static_cast<int64_t>(W) * B * T * tc.grad_accum;
 
   out.printf(
-      "model: %d dense layers + %zu routed stages, width %d, %d heads, context %d, vocab %d: %.2fM "
+      "model: %s, width %d, %d heads, context %d, vocab %d: %.2fM "
       "parameters; %s, %d threads\n",
-      cfg.model.n_layer, model.stages().size(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
+      model.describe().c_str(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
       cfg.model.vocab_size, static_cast<double>(model.params().global_num_elements()) / 1e6, be.name().c_str(),
       be.num_threads());
   out.printf("active parameters per token %.2fM | %.3f GFLOP per training token\n",
@@ -366,13 +366,13 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
     world.allreduce_sum(exchange, 2);
     const double exchange_s = exchange[1] / W, exchange_share = exchange_s / (ms / 1000.0);
     const nlohmann::json routing =
-        model.stages().empty() ? nlohmann::json() : reduce_routing_stats(world, model.routing_stats());
+        model.routed_stage_count() == 0 ? nlohmann::json() : reduce_routing_stats(world, model.routing_stats());
 
     char line[320];
     int n = std::snprintf(line, sizeof line,
                           "step %5lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | %.0f ms/step",
                           static_cast<long long>(st.step), static_cast<long long>(last), loss, lr, norm, tok_s, ms);
-    if (tc.ep_size > 1 && !model.stages().empty())
+    if (tc.ep_size > 1 && model.routed_stage_count() > 0)
       n += std::snprintf(line + n, sizeof line - n, " | exchange %.0f%%", 100 * exchange_share);
     std::snprintf(line + n, sizeof line - n, " | ETA %s", format_duration(eta).c_str());
     if (tty)
@@ -389,7 +389,7 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
                        {"tokens_seen", st.tokens_seen},
                        {"ranks", W},
                        {"ep_size", tc.ep_size}};
-    if (!model.stages().empty()) {
+    if (model.routed_stage_count() > 0) {
       rec["aux_loss"] = aux;
       rec["routing"] = routing;
       rec["exchange_bytes"] = static_cast<int64_t>(exchange[0]);
@@ -408,8 +408,8 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
                  std::exp(vl));
       if (out.lead()) metrics << nlohmann::json{{"step", st.step}, {"val_loss", vl}}.dump() << "\n";
       const nlohmann::json val_routing =
-          model.stages().empty() ? nlohmann::json() : reduce_routing_stats(world, model.routing_stats());
-      if (out.lead() && !model.stages().empty()) print_routing_summary(val_routing);
+          model.routed_stage_count() == 0 ? nlohmann::json() : reduce_routing_stats(world, model.routing_stats());
+      if (out.lead() && model.routed_stage_count() > 0) print_routing_summary(val_routing);
     }
     if (out.lead()) metrics << std::flush;
     if ((tc.save_every > 0 && st.step % tc.save_every == 0) || final_step || stop) save(st.step);

@@ -11,11 +11,11 @@ struct Pair {
   const char* dense;
   const char* pool;
 };
-constexpr Pair kAttn[] = {{"ln1_weight", "ln_weight"},       {"ln1_bias", "ln_bias"},
-                          {"attn_qkv_weight", "qkv_weight"}, {"attn_qkv_bias", "qkv_bias"},
+constexpr Pair kAttn[] = {{"ln1_weight", "ln_weight"},         {"ln1_bias", "ln_bias"},
+                          {"attn_qkv_weight", "qkv_weight"},   {"attn_qkv_bias", "qkv_bias"},
                           {"attn_proj_weight", "proj_weight"}, {"attn_proj_bias", "proj_bias"}};
-constexpr Pair kMlp[] = {{"ln2_weight", "ln_weight"},     {"ln2_bias", "ln_bias"},
-                         {"mlp_fc_weight", "fc_weight"},  {"mlp_fc_bias", "fc_bias"},
+constexpr Pair kMlp[] = {{"ln2_weight", "ln_weight"},        {"ln2_bias", "ln_bias"},
+                         {"mlp_fc_weight", "fc_weight"},     {"mlp_fc_bias", "fc_bias"},
                          {"mlp_proj_weight", "proj_weight"}, {"mlp_proj_bias", "proj_bias"}};
 
 void copy(Backend& be, const Tensor& dst, const Tensor& src) {
@@ -27,20 +27,36 @@ void copy(Backend& be, const Tensor& dst, const Tensor& src) {
 
 void init_from_dense(const Gpt2& dense, Gpt2& target) {
   const Gpt2Config &d = dense.config(), &t = target.config();
-  require(dense.stages().empty(), "two-stage init: the source checkpoint must be a dense GPT-2 (it has routed stages)");
+  require(is_dense_gpt2(d),
+          "two-stage init: the source checkpoint must be a dense GPT-2 (pre-LN blocks only, no AltUp); "
+          "it has other blocks in model.stack");
+  // Only pre-LN blocks, MoM chunks and MoE layers are made of a dense layer's tensors; a SAS
+  // block has no value or output projection and other gains, and AltUp's wide embeddings do
+  // not exist in a dense model. Those models cannot be made from a dense one without breaking it.
+  for (const auto& item : effective_stack(t))
+    require(item.type == BlockType::Dense || item.type == BlockType::Routed,
+            "two-stage init: the target's model.stack holds SAS or SAS-P blocks, and no conversion from a pre-LN GPT-2 "
+            "can exist (a SAS block has no W_V or W_O, shaped attention and other gains); train SAS models from "
+            "scratch");
+  require(!t.altup.enabled(),
+          "two-stage init: the target config sets model.altup; convert to the MoM or MoE model "
+          "first, then widen it with 'mom convert dense-to-altup'");
   require(d.n_embd == t.n_embd && d.n_head == t.n_head && d.n_ctx == t.n_ctx && d.vocab_size == t.vocab_size,
           "two-stage init: the target config's model.n_embd, n_head, n_ctx and vocab_size must equal the dense "
-          "model's (" + std::to_string(d.n_embd) + ", " + std::to_string(d.n_head) + ", " + std::to_string(d.n_ctx) +
-              ", " + std::to_string(d.vocab_size) + ")");
+          "model's (" +
+              std::to_string(d.n_embd) + ", " + std::to_string(d.n_head) + ", " + std::to_string(d.n_ctx) + ", " +
+              std::to_string(d.vocab_size) + ")");
   // Count what the target's stack consumes before touching anything.
   int needed = 0;
   for (const auto& item : effective_stack(t))
-    needed += item.routed ? (item.stage.moe ? 1 : std::max(item.stage.attn_modules, item.stage.ffn_modules))
-                          : item.dense_count;
+    needed += item.type == BlockType::Routed
+                  ? (item.stage.moe ? 1 : std::max(item.stage.attn_modules, item.stage.ffn_modules))
+                  : item.count;
   require(needed == d.n_layer,
           "two-stage init: the target's stack consumes " + std::to_string(needed) + " dense layers (dense runs and " +
               "anchors take their count, a MoM chunk max(attn_modules, ffn_modules), an MoE layer one) but the dense "
-              "model has " + std::to_string(d.n_layer) + "; change model.stack so that they add up");
+              "model has " +
+              std::to_string(d.n_layer) + "; change model.stack so that they add up");
 
   Backend& be = target.backend();
   const ParameterStore& S = dense.params();
@@ -49,8 +65,8 @@ void init_from_dense(const Gpt2& dense, Gpt2& target) {
   auto src = [&](const char* name, int layer) { return S.param(std::string("blocks/") + name)[layer]; };
   int next = 0, block = 0, routed = 0;
   for (const auto& item : effective_stack(t)) {
-    if (!item.routed) {
-      for (int i = 0; i < item.dense_count; ++i, ++next, ++block)
+    if (item.type == BlockType::Dense) {
+      for (int i = 0; i < item.count; ++i, ++next, ++block)
         for (const auto* pairs : {kAttn, kMlp})
           for (int k = 0; k < 6; ++k)
             copy(be, P.param(std::string("blocks/") + pairs[k].dense)[block], src(pairs[k].dense, next));

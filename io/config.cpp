@@ -26,15 +26,28 @@ json default_config_json() {
         {"n_embd", 256},
         {"ln_eps", m.ln_eps},
         {"decay_embeddings", m.decay_embeddings},
-        {"stack", json::array()}}},
+        {"stack", json::array()},
+        {"altup", nullptr}}},
       {"data", {{"train", d.data.train}, {"val", d.data.val}, {"format", d.data.format}}},
       {"train",
-       {{"device", t.device},         {"threads", t.threads},       {"batch_size", t.batch_size},
-        {"seq_len", t.seq_len},       {"grad_accum", t.grad_accum}, {"steps", t.steps},
-        {"lr", t.lr},                 {"min_lr", t.min_lr},         {"warmup_steps", t.warmup_steps},
-        {"weight_decay", t.weight_decay}, {"beta1", t.beta1},       {"beta2", t.beta2},
-        {"eps", t.eps},               {"grad_clip", t.grad_clip},   {"seed", t.seed},
-        {"eval_every", t.eval_every}, {"eval_batches", t.eval_batches}, {"save_every", t.save_every},
+       {{"device", t.device},
+        {"threads", t.threads},
+        {"batch_size", t.batch_size},
+        {"seq_len", t.seq_len},
+        {"grad_accum", t.grad_accum},
+        {"steps", t.steps},
+        {"lr", t.lr},
+        {"min_lr", t.min_lr},
+        {"warmup_steps", t.warmup_steps},
+        {"weight_decay", t.weight_decay},
+        {"beta1", t.beta1},
+        {"beta2", t.beta2},
+        {"eps", t.eps},
+        {"grad_clip", t.grad_clip},
+        {"seed", t.seed},
+        {"eval_every", t.eval_every},
+        {"eval_batches", t.eval_batches},
+        {"save_every", t.save_every},
         {"ep_size", t.ep_size}}},
       {"run_dir", d.run_dir},
   };
@@ -57,8 +70,10 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 void collect_keys(const json& j, const std::string& prefix, std::vector<std::string>& out) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string k = prefix.empty() ? it.key() : prefix + "." + it.key();
-    if (it->is_object()) collect_keys(*it, k, out);
-    else out.push_back(k);
+    if (it->is_object())
+      collect_keys(*it, k, out);
+    else
+      out.push_back(k);
   }
 }
 
@@ -84,6 +99,17 @@ const char* type_name(const json& j) {
   return "null";
 }
 
+// Every key of an optional section, with its default; null for keys that are not sections.
+json optional_section_defaults(const std::string& key) {
+  if (key == "model.altup")
+    return {{"k", 2},
+            {"mode", "recycled"},
+            {"active", "alternate"},
+            {"layer_input", "activated"},
+            {"coefficients", "static"}};
+  return nullptr;
+}
+
 // Overlays `src` on `dst`, rejecting keys the defaults don't have and values of another type.
 void merge_checked(json& dst, const json& src, const std::string& prefix, const std::string& origin) {
   require(src.is_object(), origin + ": '" + (prefix.empty() ? "<root>" : prefix) + "' must be a JSON object");
@@ -91,17 +117,27 @@ void merge_checked(json& dst, const json& src, const std::string& prefix, const 
     const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
     require(dst.contains(it.key()), origin + ": unknown key '" + key + "'" + suggestion(key));
     json& d = dst[it.key()];
+    // An optional section (null by default, e.g. model.altup): given as an object, it is
+    // merged over its own defaults, so its keys are checked like any other.
+    if (d.is_null() && it->is_object()) {
+      const json defaults = optional_section_defaults(key);
+      require(!defaults.is_null(), origin + ": key '" + key + "' takes no object");
+      d = defaults;
+    }
+    if (d.is_null() && it->is_null()) continue;
+    require(!d.is_null(), origin + ": key '" + key + "' must be an object (or null), got " + type_name(*it) + " (" +
+                              it->dump() + ")");
     if (d.is_object()) {
       merge_checked(d, *it, key, origin);
       continue;
     }
-    const bool ok = (d.is_array() && it->is_array()) || (d.is_boolean() && it->is_boolean()) ||
-                    (d.is_string() && it->is_string()) ||
-                    ((d.is_number_integer() || d.is_number_unsigned()) &&
-                     (it->is_number_integer() || it->is_number_unsigned())) ||
-                    (d.is_number_float() && it->is_number());
-    require(ok, origin + ": key '" + key + "' must be " + type_name(d) + ", got " + type_name(*it) + " (" +
-                    it->dump() + ")");
+    const bool ok =
+        (d.is_array() && it->is_array()) || (d.is_boolean() && it->is_boolean()) ||
+        (d.is_string() && it->is_string()) ||
+        ((d.is_number_integer() || d.is_number_unsigned()) && (it->is_number_integer() || it->is_number_unsigned())) ||
+        (d.is_number_float() && it->is_number());
+    require(ok, origin + ": key '" + key + "' must be " + type_name(d) + ", got " + type_name(*it) + " (" + it->dump() +
+                    ")");
     d = (d.is_number_float() ? json(it->get<double>()) : *it);
   }
 }
@@ -128,15 +164,20 @@ json parse_override(const std::string& text) {
 json stack_entry_defaults(const std::string& type) {
   if (type == "dense") return {{"type", "dense"}, {"count", 1}};
   if (type == "mom")
-    return {{"type", "mom"},         {"attn_modules", 4},    {"ffn_modules", 4},   {"skip", true},
-            {"steps", 4},            {"top_k", 2},           {"router", "mlp"},    {"router_dim", 256},
-            {"temperature", 1.0},    {"weighted_qkv", false}, {"anchor", false},    {"balance_coef", 0.01}};
+    return {{"type", "mom"},         {"attn_modules", 4}, {"ffn_modules", 4},
+            {"skip", true},          {"steps", 4},        {"top_k", 2},
+            {"router", "mlp"},       {"router_dim", 256}, {"temperature", 1.0},
+            {"weighted_qkv", false}, {"anchor", false},   {"balance_coef", 0.01}};
+  if (type == "sas" || type == "sas_p") return {{"type", type}, {"count", 1}, {"norm", "rms"}, {"beta_ff_init", 0.1}};
   if (type == "moe")
-    return {{"type", "moe"},          {"experts", 8},           {"top_k", 2},          {"gate", "softmax"},
-            {"renormalise", true},    {"aux_coef", 0.01},       {"z_coef", 0.001},     {"capacity_factor", 0.0},
-            {"drop_policy", "position"}, {"shared_expert", false}};
+    return {{"type", "moe"},         {"experts", 8},           {"top_k", 2},
+            {"gate", "softmax"},     {"renormalise", true},    {"aux_coef", 0.01},
+            {"z_coef", 0.001},       {"capacity_factor", 0.0}, {"drop_policy", "position"},
+            {"shared_expert", false}};
   return nullptr;
 }
+
+constexpr const char* kStackTypes = "\"dense\", \"mom\", \"moe\", \"sas\" or \"sas_p\"";
 
 // model.stack -> StackItems; every entry merged over its type's defaults and checked.
 std::vector<StackItem> parse_stack(const json& stack, const std::string& origin) {
@@ -145,10 +186,16 @@ std::vector<StackItem> parse_stack(const json& stack, const std::string& origin)
     const std::string key = "model.stack[" + std::to_string(i) + "]";
     const json& e = stack[i];
     require(e.is_object() && e.contains("type") && e["type"].is_string(),
-            origin + ": '" + key + "' must be an object with a \"type\" of \"dense\", \"mom\" or \"moe\"");
+            origin + ": '" + key + "' must be an object with a \"type\" of " + kStackTypes);
     const std::string type = e["type"];
     json d = stack_entry_defaults(type);
-    require(!d.is_null(), origin + ": '" + key + ".type' must be \"dense\", \"mom\" or \"moe\", got \"" + type + "\"");
+    require(!d.is_null(), origin + ": '" + key + ".type' must be " + kStackTypes + ", got \"" + type + "\"");
+    for (auto k = e.begin(); k != e.end(); ++k)
+      if (!d.contains(k.key())) {
+        std::string keys;
+        for (auto dk = d.begin(); dk != d.end(); ++dk) keys += (keys.empty() ? "" : ", ") + dk.key();
+        throw UserError(origin + ": unknown key '" + key + "." + k.key() + "': a \"" + type + "\" entry takes " + keys);
+      }
     merge_checked(d, e, key, origin);
     auto at_least = [&](const char* k, int64_t lo) {
       require(d[k].get<int64_t>() >= lo, origin + ": '" + key + "." + k + "' must be >= " + std::to_string(lo));
@@ -159,11 +206,25 @@ std::vector<StackItem> parse_stack(const json& stack, const std::string& origin)
     StackItem item;
     if (type == "dense") {
       at_least("count", 1);
-      item.dense_count = d["count"];
+      item.count = d["count"];
       items.push_back(item);
       continue;
     }
-    item.routed = true;
+    if (type == "sas" || type == "sas_p") {
+      at_least("count", 1);
+      item.type = type == "sas" ? BlockType::Sas : BlockType::SasP;
+      item.count = d["count"];
+      const std::string norm = d["norm"];
+      require(norm == "rms" || norm == "none", origin + ": '" + key +
+                                                   ".norm' must be \"rms\" (RMSNorm) or \"none\" "
+                                                   "(no norm; a LayerNorm in the entry's first block), got \"" +
+                                                   norm + "\"");
+      item.simplified.rms_norm = norm == "rms";
+      item.simplified.beta_ff_init = d["beta_ff_init"];
+      items.push_back(item);
+      continue;
+    }
+    item.type = BlockType::Routed;
     RoutedStageConfig& st = item.stage;
     st.top_k = d["top_k"];
     at_least("top_k", 1);
@@ -180,17 +241,18 @@ std::vector<StackItem> parse_stack(const json& stack, const std::string& origin)
         require(st.top_k == 1 && !st.skip, origin + ": '" + key + ".router' \"forced\" needs top_k 1 and skip false");
       } else {
         require(router == "mlp" || router == "gru" || router == "linear",
-                origin + ": '" + key + ".router' must be \"mlp\", \"gru\", \"linear\" or \"forced\", got \"" + router + "\"");
+                origin + ": '" + key + ".router' must be \"mlp\", \"gru\", \"linear\" or \"forced\", got \"" + router +
+                    "\"");
         st.router = router::parse_router_kind(router);
       }
       const int classes_a = st.attn_modules + (st.skip ? 1 : 0), classes_f = st.ffn_modules + (st.skip ? 1 : 0);
       require(st.top_k <= std::min(classes_a, classes_f),
-              origin + ": '" + key + ".top_k' (" + std::to_string(st.top_k) + ") exceeds the classes a router can pick (" +
-                  std::to_string(std::min(classes_a, classes_f)) + ": modules plus SKIP)");
+              origin + ": '" + key + ".top_k' (" + std::to_string(st.top_k) +
+                  ") exceeds the classes a router can pick (" + std::to_string(std::min(classes_a, classes_f)) +
+                  ": modules plus SKIP)");
       items.push_back(item);
       if (d["anchor"].get<bool>()) {
-        StackItem anchor;
-        anchor.dense_count = 1;
+        StackItem anchor;  // a one-block dense run
         items.push_back(anchor);
       }
       continue;
@@ -212,10 +274,33 @@ std::vector<StackItem> parse_stack(const json& stack, const std::string& origin)
     st.capacity.policy = router::parse_drop_policy(d["drop_policy"]);
     st.shared_expert = d["shared_expert"];
     require(st.top_k <= st.ffn_modules, origin + ": '" + key + ".top_k' (" + std::to_string(st.top_k) +
-                                            ") must not exceed '" + key + ".experts' (" + std::to_string(st.ffn_modules) + ")");
+                                            ") must not exceed '" + key + ".experts' (" +
+                                            std::to_string(st.ffn_modules) + ")");
     items.push_back(item);
   }
   return items;
+}
+
+// model.altup (null: off) -> AltUpConfig, each value checked against its choices.
+AltUpConfig parse_altup(const json& a, const std::string& origin) {
+  AltUpConfig c;
+  if (a.is_null()) return c;
+  c.k = a["k"];
+  require(c.k >= 1, origin +
+                        ": 'model.altup.k' must be >= 1 (the stream's blocks; leave model.altup out to turn "
+                        "AltUp off), got " +
+                        std::to_string(c.k));
+  auto choice = [&](const char* key, const char* a_value, const char* b_value) {
+    const std::string v = a[key];
+    require(v == a_value || v == b_value, origin + ": 'model.altup." + key + "' must be \"" + a_value + "\" or \"" +
+                                              b_value + "\", got \"" + v + "\"");
+    return v == b_value;
+  };
+  c.wide = choice("mode", "recycled", "wide");
+  c.first = choice("active", "alternate", "first");
+  c.predicted_input = choice("layer_input", "activated", "predicted");
+  c.input_dependent = choice("coefficients", "static", "input_dependent");
+  return c;
 }
 
 // Value checks beyond types: each names its key.
@@ -232,7 +317,8 @@ void validate(const RunConfig& c, const std::string& origin) {
   positive("model.ln_eps", m.ln_eps);
   require(m.n_embd % m.n_head == 0, origin + ": key 'model.n_embd' (" + std::to_string(m.n_embd) +
                                         ") must be divisible by 'model.n_head' (" + std::to_string(m.n_head) + ")");
-  require(m.vocab_size <= 65536, origin + ": key 'model.vocab_size' must be at most 65536 (tokens are stored as uint16)");
+  require(m.vocab_size <= 65536,
+          origin + ": key 'model.vocab_size' must be at most 65536 (tokens are stored as uint16)");
   const TrainConfig& t = c.train;
   require(t.device == "cpu" || t.device == "cuda",
           origin + ": key 'train.device' must be \"cpu\" or \"cuda\", got \"" + t.device + "\"");
@@ -275,9 +361,10 @@ RunConfig config_from_json(const json& input, const std::string& origin) {
   c.model.ln_eps = m["ln_eps"];
   c.model.decay_embeddings = m["decay_embeddings"];
   c.model.stack = parse_stack(m["stack"], origin);
+  c.model.altup = parse_altup(m["altup"], origin);
   if (!c.model.stack.empty()) {  // with a stack, n_layer counts its dense blocks (anchors included)
     c.model.n_layer = 0;
-    for (const auto& item : c.model.stack) c.model.n_layer += item.dense_count;
+    for (const auto& item : c.model.stack) c.model.n_layer += item.type == BlockType::Dense ? item.count : 0;
   }
   const json& d = j["data"];
   c.data.train = d["train"];
@@ -315,7 +402,8 @@ RunConfig load_config(const std::string& path, const std::vector<std::string>& o
   std::string origin = "default config";
   if (!path.empty()) {
     std::ifstream in(path);
-    require(static_cast<bool>(in), "config file '" + path + "' cannot be read: check the path (configs live in jobs/configs/)");
+    require(static_cast<bool>(in),
+            "config file '" + path + "' cannot be read: check the path (configs live in jobs/configs/)");
     json file = json::parse(in, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/true);
     require(!file.is_discarded(), "config file '" + path + "' is not valid JSON");
     merged = file;

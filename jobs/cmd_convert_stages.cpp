@@ -23,7 +23,7 @@ void dense_to_routed(const std::string& config, const std::vector<std::string>& 
   const char* kind = moe ? "moe" : "mom";
   bool any = false, other = false;
   for (const auto& item : target.model.stack)
-    if (item.routed) (item.stage.moe == moe ? any : other) = true;
+    if (item.type == BlockType::Routed) (item.stage.moe == moe ? any : other) = true;
   require(any && !other, "--config '" + config + "': model.stack must hold " + (moe ? "MoE layers" : "MoM chunks") +
                              " (entries with \"type\": \"" + kind + "\") and no other routed kind; see jobs/configs/");
   const io::RunConfig source = io::config_from_json(read_checkpoint_config(in), "checkpoint '" + in + "'");
@@ -39,9 +39,9 @@ void dense_to_routed(const std::string& config, const std::vector<std::string>& 
   for (const char* name : {"tokenizer/vocab.json", "tokenizer/merges.txt"})
     if (reader.has(name)) extra.emplace_back(name, reader.read_bytes(name));
   save_checkpoint(out, routed, nullptr, TrainState{}, target.json, force, extra.empty() ? nullptr : &extra);
-  std::printf("%s: %d dense layers -> %s (%.2fM parameters, %zu routed stage%s); routers start fresh\n", out.c_str(),
+  std::printf("%s: %d dense layers -> %s (%.2fM parameters, %d routed stage%s); routers start fresh\n", out.c_str(),
               source.model.n_layer, kind, static_cast<double>(routed.params().num_elements()) / 1e6,
-              routed.stages().size(), routed.stages().size() == 1 ? "" : "s");
+              routed.routed_stage_count(), routed.routed_stage_count() == 1 ? "" : "s");
   std::printf("continue with: mom train --config %s --init-from %s\n", config.c_str(), out.c_str());
 }
 

@@ -23,8 +23,7 @@ void attention_sublayer_backward(Backend& be, const AttentionWeights& w, const A
   be.zero(scratch.dqkv);
   be.zero(scratch.dln);
   be.matmul_backward(scratch.datty, g.proj_w, g.proj_b, dout, s.atty, w.proj_w);
-  be.attention_backward(as_btc(scratch.dqkv, sh), as_btc(scratch.datty, sh), as_btc(s.qkv, sh), s.probs,
-                        sh.n_head);
+  be.attention_backward(as_btc(scratch.dqkv, sh), as_btc(scratch.datty, sh), as_btc(s.qkv, sh), s.probs, sh.n_head);
   be.matmul_backward(scratch.dln, g.qkv_w, g.qkv_b, scratch.dqkv, s.ln, w.qkv_w);
   be.layernorm_backward(dx, g.ln_w, g.ln_b, scratch.dln, x, w.ln_w, s.ln_mean, s.ln_rstd);
 }

@@ -549,20 +549,47 @@ struct RoutedStage::Impl {
   }
 };
 
-RoutedStage::RoutedStage(const RoutedStageConfig& cfg, const ParameterStore& params, const std::string& prefix, int C,
-                         int n_head, double ln_eps, Communicator* ep)
-    : impl_(std::make_unique<Impl>(cfg, params, prefix, C, n_head, ln_eps, ep)), cfg_(cfg) {}
+RoutedStage::RoutedStage(const RoutedStageConfig& cfg, const ModelDims& dims, std::string prefix, double aux_scale,
+                         Communicator* ep)
+    : cfg_(cfg),
+      dims_(dims),
+      prefix_(std::move(prefix)),
+      aux_scale_(aux_scale),
+      ep_(ep && ep->size() > 1 ? ep : nullptr) {}
 
 RoutedStage::~RoutedStage() = default;
 
-void RoutedStage::prepare(int B, int T) { impl_->prepare(B, T); }
-
-void RoutedStage::forward(const Tensor& x_in, const Tensor& x_out, double aux_scale) {
-  impl_->aux_scale = aux_scale;
-  impl_->forward(x_in, x_out);
+std::vector<ParamSpec> RoutedStage::param_specs() const {
+  return routed_stage_param_specs(cfg_, dims_.C, prefix_, dims_.resid_std);
 }
 
-void RoutedStage::backward(const Tensor& dres, double loss_scale) { impl_->backward(dres, loss_scale); }
+void RoutedStage::bind(const ParameterStore& params) {
+  impl_ = std::make_unique<Impl>(cfg_, params, prefix_, dims_.C, dims_.n_head, dims_.eps, ep_);
+  impl_->aux_scale = aux_scale_;
+}
+
+void RoutedStage::layout(int B, int T, Carver& saved, Carver&) {
+  if (!saved.planning()) impl_->prepare(B, T);
+}
+
+void RoutedStage::forward(const Tensor& x_in, const Tensor& x_out) { impl_->forward(x_in, x_out); }
+
+void RoutedStage::backward(const Tensor&, const Tensor& dres, double loss_scale) { impl_->backward(dres, loss_scale); }
+
+int64_t RoutedStage::active_parameters() const {
+  int64_t per_step = 0;
+  for (const ParamSpec& p : param_specs()) {
+    const std::string local = p.name.substr(prefix_.size());
+    const int64_t n = p.shape.numel();  // global: all modules of the pool
+    if (local.rfind("attn/", 0) == 0)
+      per_step += n / cfg_.attn_modules * (cfg_.attn_routing == RoutingMode::Learned ? cfg_.top_k : 1);
+    else if (local.rfind("ffn/", 0) == 0)
+      per_step += n / cfg_.ffn_modules * (cfg_.ffn_routing == RoutingMode::Learned ? cfg_.top_k : 1);
+    else
+      per_step += n;  // routers and the shared expert run once a step
+  }
+  return per_step * cfg_.steps;
+}
 
 parallel::ExchangeStats RoutedStage::exchange_stats() const { return impl_->exchange_stats(); }
 
@@ -577,7 +604,7 @@ double RoutedStage::aux_loss() const {
   return s;
 }
 
-nlohmann::json RoutedStage::stats() const {
+nlohmann::json RoutedStage::routing_stats() const {
   nlohmann::json out = nlohmann::json::array();
   for (size_t h = 0; h < impl_->steps.size(); ++h) {
     const StepStash& s = impl_->steps[h];

@@ -16,12 +16,12 @@
 // scatter-adds stay in plan order on the token's own rank, so the result is that of one process.
 #pragma once
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "core/backend.h"
+#include "core/layers/block.h"
 #include "core/params.h"
 #include "parallel/token_exchange.h"
 #include "router/dispatch_plan.h"
@@ -36,23 +36,23 @@ enum class RoutingMode {
 };
 
 struct RoutedStageConfig {
-  bool moe = false;          // naming, metrics and defaults only; the math is the same
-  int attn_modules = 1;      // NA
-  int ffn_modules = 1;       // NF (experts for MoE)
+  bool moe = false;      // naming, metrics and defaults only; the math is the same
+  int attn_modules = 1;  // NA
+  int ffn_modules = 1;   // NF (experts for MoE)
   RoutingMode attn_routing = RoutingMode::Learned;
   RoutingMode ffn_routing = RoutingMode::Learned;
-  bool skip = false;         // a SKIP class for the learned routers
-  int steps = 1;             // H
-  int top_k = 1;             // K
+  bool skip = false;  // a SKIP class for the learned routers
+  int steps = 1;      // H
+  int top_k = 1;      // K
   router::RouterKind router = router::RouterKind::Mlp;
   int router_dim = 256;
-  bool router_bias = true;   // false: the MoE gate
+  bool router_bias = true;  // false: the MoE gate
   double temperature = 1.0;
-  bool sigmoid = false;      // MoE gate option
+  bool sigmoid = false;  // MoE gate option
   bool renormalise = true;
   bool weighted_qkv = false;
-  double balance_coef = 0;   // Switch balance (MoM balance_coef, MoE aux_coef)
-  double z_coef = 0;         // router z-loss
+  double balance_coef = 0;          // Switch balance (MoM balance_coef, MoE aux_coef)
+  double z_coef = 0;                // router z-loss
   router::CapacityConfig capacity;  // FFN side only
   bool shared_expert = false;       // FFN side only: an MLP every token uses with weight 1
 };
@@ -62,35 +62,43 @@ struct RoutedStageConfig {
 std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& cfg, int C, const std::string& prefix,
                                                 double resid_std);
 
-class RoutedStage {
+class RoutedStage final : public Block {
  public:
-  // `ep`: the expert-parallel group sharing the module pools (nullptr or one rank: all
-  // modules here). With more ranks, `params` holds this rank's block of each pool, and every
-  // forward and backward is collective over `ep`.
-  RoutedStage(const RoutedStageConfig& cfg, const ParameterStore& params, const std::string& prefix, int C,
-              int n_head, double ln_eps, Communicator* ep = nullptr);
-  ~RoutedStage();
-  // Storage for B·T tokens (call when the batch shape changes).
-  void prepare(int B, int T);
-  // x_out = the stage applied to x_in ([B·T, C]). Keeps what backward needs. aux_scale
-  // multiplies this stage's balance and z losses (1/number of such stages, so they average).
-  void forward(const Tensor& x_in, const Tensor& x_out, double aux_scale);
-  // dres holds ∂L/∂x_out on entry and ∂L/∂x_in on return. loss_scale multiplies the
-  // auxiliary losses' gradients (1/accumulation steps).
-  void backward(const Tensor& dres, double loss_scale);
-  // Auxiliary loss of the last forward (already scaled by aux_scale and the coefficients).
-  double aux_loss() const;
-  // Routing statistics of the last forward, per step and router, as JSON.
-  nlohmann::json stats() const;
+  // `prefix` names its parameters ("chunks/0/", "moe/1/"). aux_scale multiplies this stage's
+  // balance and z losses (1/number of such stages, so that they average). `ep`: the
+  // expert-parallel group sharing the module pools (nullptr or one rank: all modules here).
+  // With more ranks, the store holds this rank's block of each pool, and every forward and
+  // backward is collective over `ep`.
+  RoutedStage(const RoutedStageConfig& cfg, const ModelDims& dims, std::string prefix, double aux_scale,
+              Communicator* ep = nullptr);
+  ~RoutedStage() override;
+  std::string name() const override { return prefix_; }
+  std::vector<ParamSpec> param_specs() const override;
+  void bind(const ParameterStore& params) override;
+  // The stage keeps its own arenas (the rows its modules receive are known only once routed).
+  void layout(int B, int T, Carver& saved, Carver& scratch) override;
+  void forward(const Tensor& x_in, const Tensor& x_out) override;
+  void backward(const Tensor& x_in, const Tensor& dres, double loss_scale) override;
+  // Everything outside the pools, plus per assembly step top_k attention and top_k FFN
+  // modules, the routers and the shared expert (nominal: SKIP choices make the real count lower).
+  int64_t active_parameters() const override;
+  int attention_layers() const override { return cfg_.steps; }  // every assembly step attends
+  double aux_loss() const override;
+  // Per step and router: load, SKIP rate, entropy, drops.
+  nlohmann::json routing_stats() const override;
   const RoutedStageConfig& config() const { return cfg_; }
   // Traffic and time of this stage's token exchanges since the last reset (zero with one rank).
-  parallel::ExchangeStats exchange_stats() const;
-  void reset_exchange_stats();
+  parallel::ExchangeStats exchange_stats() const override;
+  void reset_exchange_stats() override;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
   RoutedStageConfig cfg_;
+  ModelDims dims_;
+  std::string prefix_;
+  double aux_scale_;
+  Communicator* ep_;
 };
 
 }  // namespace mom

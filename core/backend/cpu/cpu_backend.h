@@ -51,6 +51,30 @@ class CpuBackend final : public Backend {
                           int n_head) override;
   void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache, const Tensor& vcache,
                                 int pos0, int n_head) override;
+  void rmsnorm_forward(const Tensor& out, const Tensor& rms, const Tensor& inp, const Tensor& weight,
+                       double eps) override;
+  void rmsnorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dout, const Tensor& inp,
+                        const Tensor& weight, const Tensor& rms, double eps) override;
+  void shaped_attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qk, const Tensor& v,
+                                const Tensor& alpha, const Tensor& beta, const Tensor& gamma, int n_head) override;
+  void shaped_attention_backward(const Tensor& dqk, const Tensor& dv, const Tensor& dalpha, const Tensor& dbeta,
+                                 const Tensor& dgamma, const Tensor& dout, const Tensor& qk, const Tensor& v,
+                                 const Tensor& probs, const Tensor& alpha, const Tensor& beta, const Tensor& gamma,
+                                 int n_head) override;
+  void scaled_accumulate(const Tensor& out, const Tensor& x, const Tensor& gain) override;
+  void scaled_accumulate_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout, const Tensor& x,
+                                  const Tensor& gain) override;
+  void altup_predict_forward(const Tensor& out, const Tensor& x, const Tensor& p) override;
+  void altup_predict_backward(const Tensor& dx, const Tensor& dp, const Tensor& dout, const Tensor& x,
+                              const Tensor& p) override;
+  void altup_correct_forward(const Tensor& out, const Tensor& pred, const Tensor& y, const Tensor& g,
+                             int active) override;
+  void altup_correct_backward(const Tensor& dpred, const Tensor& dy, const Tensor& dg, const Tensor& dout,
+                              const Tensor& pred, const Tensor& y, const Tensor& g, int active) override;
+  void tanh_forward(const Tensor& out, const Tensor& inp) override;
+  void tanh_backward(const Tensor& dinp, const Tensor& out, const Tensor& dout) override;
+  void clamp_forward(const Tensor& out, const Tensor& inp, double limit) override;
+  void clamp_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout, double limit) override;
   void gather_rows(const Tensor& out, const Tensor& in, const Tensor& rows) override;
   void combine_rows(const Tensor& out, const Tensor& buf, const Tensor& slot, const Tensor& weight) override;
   void combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout, const Tensor& buf,
@@ -90,6 +114,21 @@ void parallel_blocks(int64_t n, F&& body) {
   const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) body(b * kElementBlock, std::min(n, (b + 1) * kElementBlock));
+}
+
+// Σ a·b over [0, n) in double: eight interleaved partial sums (independent chains that GCC
+// can vectorise without reassociating), combined in lane order. The order depends on n only.
+template <class T>
+double dot_double(const T* a, const T* b, int64_t n) {
+  constexpr int kLanes = 8;
+  double lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) lane[l] += static_cast<double>(a[i + l]) * static_cast<double>(b[i + l]);
+  for (; i < n; ++i) lane[i % kLanes] += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
 }
 
 // Row-major GEMM: C = alpha·op(A)·op(B) + beta·C, op(A) [M,K], op(B) [K,N].

@@ -45,8 +45,8 @@ void CpuBackend::combine_rows(const Tensor& out, const Tensor& buf, const Tensor
   });
 }
 
-void CpuBackend::combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout,
-                                       const Tensor& buf, const Tensor& slot, const Tensor& weight) {
+void CpuBackend::combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout, const Tensor& buf,
+                                       const Tensor& slot, const Tensor& weight) {
   const int64_t N = slot.shape[0], K = slot.shape[1], D = dout.numel() / dout.shape[0];
   const int32_t* sl = slot.ptr<int32_t>();
   cpu::dispatch_float(dout.dtype, [&](auto zero) {

@@ -8,8 +8,8 @@
 
 namespace mom {
 
-void CpuBackend::embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                                   int T, int pos0) {
+void CpuBackend::embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int T,
+                                   int pos0) {
   const int64_t N = out.shape[0], C = out.shape[1], V = wte.shape[0];
   const int32_t* tok = tokens.ptr<int32_t>();
   for (int64_t n = 0; n < N; ++n)

@@ -38,9 +38,8 @@ void CpuBackend::layernorm_forward(const Tensor& out, const Tensor& mean, const 
   });
 }
 
-void CpuBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias,
-                                    const Tensor& dout, const Tensor& inp, const Tensor& weight,
-                                    const Tensor& mean, const Tensor& rstd) {
+void CpuBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
+                                    const Tensor& inp, const Tensor& weight, const Tensor& mean, const Tensor& rstd) {
   const int64_t C = inp.shape[inp.shape.rank - 1], N = inp.numel() / C;
   cpu::dispatch_float(inp.dtype, [&](auto zero) {
     using T = decltype(zero);

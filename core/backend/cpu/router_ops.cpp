@@ -11,7 +11,10 @@
 namespace mom {
 
 namespace {
-template <class T> T sigmoid(T v) { return T(1) / (T(1) + std::exp(-v)); }
+template <class T>
+T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
+}
 }  // namespace
 
 void CpuBackend::relu_forward(const Tensor& out, const Tensor& inp) {
@@ -87,7 +90,7 @@ void CpuBackend::gru_cell_backward(const Tensor& dgx, const Tensor& dgh, const T
         // s' = n + z·(s − n) = (1 − z)·n + z·s.
         dsp[t * r + i] += dout * zg;
         const T dz = dout * (sp[t * r + i] - ng) * zg * (T(1) - zg);  // through σ'
-        const T dn = dout * (T(1) - zg) * (T(1) - ng * ng);          // through tanh'
+        const T dn = dout * (T(1) - zg) * (T(1) - ng * ng);           // through tanh'
         // n's pre-activation is gx_n + r·gh_n: gx_n gets dn, gh_n gets r·dn, r gets gh_n·dn.
         const T dr = dn * ht[2 * r + i] * rg * (T(1) - rg);
         dxt[i] += dr, dht[i] += dr;
