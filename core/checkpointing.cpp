@@ -142,6 +142,20 @@ void load_checkpoint(const std::filesystem::path& path, Gpt2& model, AdamW* opt,
             "checkpoint '" + path.string() +
                 "' holds weights only (no optimizer state), so it cannot resume a run; "
                 "start a new run from it with --init-from");
+  // Wide AltUp's embeddings are K·C wide: a file of another width cannot become one (only
+  // Recycled-AltUp widens a trained model without changing what it computes).
+  const AltUpConfig& altup = model.config().altup;
+  if (altup.enabled() && r.has("params/wte")) {
+    const std::vector<int64_t> file = r.shape("params/wte");
+    const int64_t want = altup.wide ? int64_t{altup.k} * model.config().n_embd : model.config().n_embd;
+    require(
+        file.size() == 2 && file[1] == want,
+        "checkpoint '" + path.string() + "' has embeddings of width " +
+            (file.size() == 2 ? std::to_string(file[1]) : std::string("?")) + " but model.altup.mode \"" +
+            (altup.wide ? "wide" : "recycled") + "\" with model.altup.k " + std::to_string(altup.k) + " needs width " +
+            std::to_string(want) +
+            (altup.wide ? "; a width-C model is widened with mode \"recycled\" ('mom convert dense-to-altup')" : ""));
+  }
   for (size_t i = 0; i < P.size(); ++i) {
     const std::string& name = P.specs()[i].name;
     load_any(r, "params/" + name, P, i, P.param(i));

@@ -25,22 +25,24 @@ void copy(Backend& be, const Tensor& dst, const Tensor& src) {
 
 }  // namespace
 
+// Only pre-LN blocks, MoM chunks and MoE layers are made of a dense layer's tensors.
+void require_made_of_dense_layers(const Gpt2Config& t) {
+  for (const auto& item : effective_stack(t))
+    require(item.type == BlockType::Dense || item.type == BlockType::Routed,
+            "two-stage init: the target's model.stack holds SAS or SAS-P blocks, and no conversion from a Pre-LN "
+            "GPT-2 can exist: it has no SAS weights (a SAS block has no W_V or W_O, its attention is shaped and its "
+            "branches have their own gains); train SAS models from scratch");
+  require(!t.altup.enabled(),
+          "two-stage init: the target config sets model.altup; convert to the MoM or MoE model "
+          "first, then widen it with 'mom convert dense-to-altup'");
+}
+
 void init_from_dense(const Gpt2& dense, Gpt2& target) {
   const Gpt2Config &d = dense.config(), &t = target.config();
   require(is_dense_gpt2(d),
           "two-stage init: the source checkpoint must be a dense GPT-2 (pre-LN blocks only, no AltUp); "
           "it has other blocks in model.stack");
-  // Only pre-LN blocks, MoM chunks and MoE layers are made of a dense layer's tensors; a SAS
-  // block has no value or output projection and other gains, and AltUp's wide embeddings do
-  // not exist in a dense model. Those models cannot be made from a dense one without breaking it.
-  for (const auto& item : effective_stack(t))
-    require(item.type == BlockType::Dense || item.type == BlockType::Routed,
-            "two-stage init: the target's model.stack holds SAS or SAS-P blocks, and no conversion from a pre-LN GPT-2 "
-            "can exist (a SAS block has no W_V or W_O, shaped attention and other gains); train SAS models from "
-            "scratch");
-  require(!t.altup.enabled(),
-          "two-stage init: the target config sets model.altup; convert to the MoM or MoE model "
-          "first, then widen it with 'mom convert dense-to-altup'");
+  require_made_of_dense_layers(t);
   require(d.n_embd == t.n_embd && d.n_head == t.n_head && d.n_ctx == t.n_ctx && d.vocab_size == t.vocab_size,
           "two-stage init: the target config's model.n_embd, n_head, n_ctx and vocab_size must equal the dense "
           "model's (" +
@@ -88,6 +90,27 @@ void init_from_dense(const Gpt2& dense, Gpt2& target) {
       if (j < st.ffn_modules)
         for (const auto& p : kMlp) copy(be, P.param(prefix + "ffn/" + p.pool)[j], src(p.dense, next));
     }
+  }
+}
+
+void widen_with_altup(const Gpt2& source, Gpt2& target) {
+  const AltUpConfig& a = target.config().altup;
+  require(!source.config().altup.enabled(), "AltUp widening: the source checkpoint already has model.altup (K = " +
+                                                std::to_string(source.config().altup.k) + ")");
+  require(a.enabled(), "AltUp widening: the target has no model.altup");
+  require(!a.wide,
+          "AltUp widening: model.altup.mode \"wide\" cannot be made from a trained model: its embeddings "
+          "are K·C wide and the model has width C; use mode \"recycled\" (the embedding replicated K times), "
+          "the only widening that keeps what the model learned");
+  const ParameterStore& S = source.params();
+  ParameterStore& P = target.params();
+  for (size_t i = 0; i < S.size(); ++i) {
+    const std::string& name = S.specs()[i].name;
+    copy(target.backend(), P.param(name), S.param(i));
+  }
+  for (size_t i = 0; i < P.size(); ++i) {
+    const std::string& name = P.specs()[i].name;
+    if (name.rfind("altup/", 0) != 0) S.index(name);  // every other tensor came from the source
   }
 }
 

@@ -14,8 +14,21 @@
 
 namespace mom {
 
+// Refuses (UserError) a target that no dense model can become: SAS or SAS-P blocks (a Pre-LN
+// GPT-2 has no shaped attention, no W_V-less values, no branch gains to give them) or AltUp
+// (widen after converting, with widen_with_altup).
+void require_made_of_dense_layers(const Gpt2Config& target);
+
 // `target` must be built (and initialised) with the same width, heads, context and
 // vocabulary as `dense`; returns nothing, throws UserError naming what does not fit.
 void init_from_dense(const Gpt2& dense, Gpt2& target);
+
+// Recycled-AltUp widening (MODELS.md §5): `target` is `source`'s model with model.altup set
+// (mode "recycled"). Every tensor of the source is copied under its own name; AltUp's start
+// where `target` was initialised (p = I, g = 1, or W_p = W_g = 0), where every block of the
+// stream receives the same update: the widened model computes the source's logits up to
+// ln_f's eps. Any stack widens (dense, MoM, MoE, SAS). Throws UserError when the source is
+// already widened or the target is wide AltUp (its K·C embeddings have no source).
+void widen_with_altup(const Gpt2& source, Gpt2& target);
 
 }  // namespace mom

@@ -460,3 +460,25 @@ TEST_F(HfConvert, TwoStageInitWorksOnConvertedCheckpoints) {
 
 }  // namespace
 }  // namespace mom::test
+
+namespace mom::test {
+namespace {
+
+// A converted Hugging Face GPT-2 widened by Recycled-AltUp (K = 2, 3): the logits stay the
+// model's within 1e-4 relative (ln_f's eps, which sees the K-fold sum, is the only difference).
+TEST_F(HfConvert, RecycledAltUpKeepsConvertedLogits) {
+  const std::string dense = *dir_ / "altup-dense.h5";
+  mom_ok("convert hf-gpt2 " + shell_quote(*dir_ / "f32") + " " + shell_quote(dense));
+  const auto ref = our_logits(dense, tokens_, kB, kT);
+  for (const int k : {2, 3}) {
+    const std::string out = *dir_ / ("altup-k" + std::to_string(k) + ".h5");
+    mom_ok("convert dense-to-altup --k " + std::to_string(k) + " " + shell_quote(dense) + " " + shell_quote(out));
+    const double err = relative_error(our_logits(out, tokens_, kB, kT), ref);
+    std::printf("Recycled-AltUp K=%d of a converted GPT-2: logits relative error %.3g (limit 1e-4)\n", k, err);
+    EXPECT_LT(err, 1e-4);
+    mom_ok("ckpt inspect --verify " + shell_quote(out));
+  }
+}
+
+}  // namespace
+}  // namespace mom::test
