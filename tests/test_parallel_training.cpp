@@ -35,7 +35,14 @@ std::string mpirun(int np) {
 
 // MoM: 4 attention + 4 FFN modules, SKIP, top-2, 2 steps, GRU routers, balance loss.
 // MoE: 4 experts, top-2, capacity factor 1 (drops happen), aux and z losses.
+// AltUp: a MoM chunk, an MoE layer and a SAS-P block inside a K = 2 AltUp stream with Gemma 3n's
+// input-dependent coefficients (model_extra).
 std::string stack_of(const std::string& kind) {
+  if (kind == "AltUp")
+    return R"([{"type": "mom", "attn_modules": 4, "ffn_modules": 4, "skip": true, "steps": 2, "top_k": 2,
+                "router": "gru", "router_dim": 16, "balance_coef": 0.01},
+               {"type": "moe", "experts": 4, "top_k": 2, "aux_coef": 0.01, "z_coef": 0.001},
+               {"type": "sas_p", "count": 1}])";
   if (kind == "MoM")
     return R"([{"type": "dense", "count": 1},
                {"type": "mom", "attn_modules": 4, "ffn_modules": 4, "skip": true, "steps": 2, "top_k": 2,
@@ -47,7 +54,8 @@ std::string stack_of(const std::string& kind) {
 
 std::string config_json(const std::string& kind, const std::string& data, const std::string& run_dir, int steps = 8,
                         int save_every = 0) {
-  return R"({"model": {"n_ctx": 32, "n_head": 2, "n_embd": 32, "stack": )" + stack_of(kind) + R"(},
+  const std::string altup = kind == "AltUp" ? R"(, "altup": {"k": 2, "coefficients": "input_dependent"})" : "";
+  return R"({"model": {"n_ctx": 32, "n_head": 2, "n_embd": 32, "stack": )" + stack_of(kind) + altup + R"(},
             "data": {"train": ")" +
          data + R"(/train_*.bin", "val": ")" + data + R"(/val_*.bin"},
             "train": {"batch_size": 1, "seq_len": 32, "steps": )" +
@@ -163,6 +171,31 @@ TEST_F(ParallelTraining, CheckpointSavedAtEpSize2LoadsAtEpSize1And4) {
       std::printf("%s: steps 5-8 after loading, worst relative loss gap %.2e\n", name.c_str(), gap);
     }
   }
+}
+
+// AltUp around sharded pools: the wrapped MoM chunk and MoE layer exchange tokens as without
+// AltUp, so 2 and 4 ranks at ep_size 2 and 4 train as one process, and a checkpoint saved at
+// ep_size 2 continues at ep_size 1.
+TEST_F(ParallelTraining, AltUpAroundShardedPoolsMatchesOneProcess) {
+  RunResult r = train(0, config("altup_ref", "AltUp"), 1, 4);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto want = losses("altup_ref");
+  ASSERT_EQ(want.size(), 8u);
+  for (auto [np, ep] : {std::pair{2, 2}, {4, 4}}) {
+    const std::string name = "altup_np" + std::to_string(np) + "_ep" + std::to_string(ep);
+    r = train(np, config(name, "AltUp"), ep, 4 / np, np == 2 ? "--until-step 4" : "");
+    ASSERT_EQ(r.exit_code, 0) << name << "\n" << r.output;
+    const auto [gap, n] = compare(want, losses(name));
+    EXPECT_EQ(n, np == 2 ? 4u : 8u) << name;
+    EXPECT_LE(gap, kRelTol) << name;
+    std::printf("%s: %zu steps, worst relative loss gap %.2e\n", name.c_str(), n, gap);
+  }
+  // The ep_size-2 run's step-4 checkpoint, continued by one plain process.
+  r = train(0, config("altup_np2_ep2", "AltUp"), 1, 4, "--resume");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto [gap, n] = compare(want, losses("altup_np2_ep2"));
+  EXPECT_EQ(n, 8u);
+  EXPECT_LE(gap, kRelTol);
 }
 
 TEST_F(ParallelTraining, SignalStopsEveryRankWithACheckpointAndAutoResumeFinishes) {
