@@ -15,12 +15,23 @@
 // saves a normal checkpoint, draws the tokens and runs tests/ref/simplified_reference.py once
 // per config.
 //
-// Tolerance (as in the dense test): max_i |ours_i − ref_i| ≤ 1e-4 · max_i |ref_i| per tensor.
-// One tensor is exempt from that form: the key bias of shaped attention. Adding b_k to every key
-// adds q_i·b_k to a whole score row, which the softmax removes, so its gradient is exactly zero
-// in exact arithmetic and both sides return rounding noise of the softmax backward. It is held
-// to the same tolerance against the scale of that rounding, the query bias's gradient of the
-// same block (q and k enter the scores symmetrically, so ∂L/∂b_q sums terms of the same size).
+// Tolerance (as in the dense test): max_i |ours_i − ref_i| ≤ 1e-4 · max_i |ref_i| per tensor,
+// except where the reference's gradient is a sum that cancels: a gain g multiplying a tensor t
+// has ∂L/∂g = Σ ∂L/∂(g·t) ⊙ t, and before a norm (the next block's, or ln_f) most of it cancels,
+// since the norm removes the scale g sets; the key bias's gradient Σ_t ∂L/∂k_t is exactly zero
+// (the softmax removes a constant per score row). Rounding in such a sum is relative to the size
+// of its terms, not to what is left of them, so for these tensors (the gains α, β, γ, α_V, β_V,
+// β_SA, β_FF, α_FF, AltUp's static p and g, and b_k) the reference also writes Σ |terms| per
+// element, and the same 1e-4 is taken of its largest value instead of max|ref|.
+//
+// ReLU: the MLP of SAS and SAS-P is ReLU's, whose derivative jumps at 0. An input within float32
+// rounding of 0 can take the other branch on our side and move a gradient by a whole term, so
+// each case's seed must keep the reference's smallest |ReLU input| of the first forward above
+// 1e-6 (the test refuses it otherwise), as the routed test does with its routing margins.
+//
+// Conditioning: with sharp attention (large W_q, W_k) ten AdamW steps on these blocks are chaotic
+// (torch's own float32 run then leaves its float64 run by 10% within ten steps), so the noise on
+// W_q and W_k is moderate; torch float32 against float64 then agrees to about 1e-6 in every case.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -33,6 +44,7 @@
 #include <ostream>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -48,7 +60,8 @@ namespace {
 using mom::test::shell_quote;
 
 constexpr double kRelTol = 1e-4;
-constexpr double kMinMargin = 1e-5;  // below this a routing decision could flip on rounding
+constexpr double kMinMargin = 1e-5;      // below this a routing decision could flip on rounding
+constexpr double kMinReluMargin = 1e-6;  // below this a ReLU input could change sign on rounding
 constexpr int kSteps = 10;
 constexpr int kVocab = 300, kCtx = 32, kSeqLen = 24;
 
@@ -123,7 +136,7 @@ Error scalar_error(double ours, double ref) { return {std::abs(ours - ref), std:
 
 // Prints the error for the log and checks the tolerance; returns the relative error.
 double expect_close(const std::string& what, const Error& e) {
-  std::printf("  %-40s rel %.2e (max|d| %.2e, max|ref| %.2e)\n", what.c_str(), e.rel(), e.max_abs_diff, e.max_abs_ref);
+  std::printf("  %-44s rel %.2e (max|d| %.2e, max|ref| %.2e)\n", what.c_str(), e.rel(), e.max_abs_diff, e.max_abs_ref);
   EXPECT_LE(e.max_abs_diff, kRelTol * e.max_abs_ref)
       << what << ": max|ours-ref| = " << e.max_abs_diff << " exceeds " << kRelTol << " * max|ref| = " << e.max_abs_ref;
   return e.rel();
@@ -165,8 +178,8 @@ double noise_std(const std::string& name) {
   if (name == "altup/router_weight") return 1.0;  // m = tanh(W_r·RMSNorm(x)/C) well away from 0
   if (name == "altup/predict_weight" || name == "altup/correct_weight") return 0.5;
   if (name == "altup/predict" || name == "altup/correct") return 0.2;
-  if (name.find("/router_") != std::string::npos) return 0.3;  // MoM routers
-  if (ends_with(name, "/q_weight") || ends_with(name, "/k_weight")) return 0.3;
+  if (name.find("/router_") != std::string::npos) return 0.3;                    // MoM routers
+  if (ends_with(name, "/q_weight") || ends_with(name, "/k_weight")) return 0.1;  // more: chaotic steps (top)
   for (const char* gain :
        {"/attn_alpha", "/attn_beta", "/attn_gamma", "/v_alpha", "/v_beta", "/gain_sa", "/gain_ff", "/skip_ff"})
     if (ends_with(name, gain)) return 0.2;
@@ -198,10 +211,19 @@ std::unique_ptr<mom::Gpt2> make_model(const Case& c, const mom::io::RunConfig& c
     float* v = ps.param(i).ptr<float>();
     for (int64_t j = 0; j < ps.param(i).numel(); ++j) v[j] += static_cast<float>(std_ * rng.normal());
   }
+  std::set<std::pair<int, int>> shrunk_rows;
   if (c.beyond_clamp)
     for (const BeyondClamp& b : kBeyondClamp) {
       const mom::Tensor& p = ps.param(b.name);
       p.ptr<float>()[flat_index(p.shape, b)] = b.value;
+      // The router row that makes m's component `col` shrinks, so that the clamped weight's
+      // coefficient (120·m_col, about 0.3) stays moderate: at 1.5 the ten steps become chaotic.
+      const mom::Tensor& wr = ps.param("altup/router_weight");  // [L, K, C]
+      float* row = wr.ptr<float>() + (static_cast<int64_t>(b.layer) * wr.shape[1] + b.col) * wr.shape[2];
+      if (!shrunk_rows.count({b.layer, b.col})) {
+        for (int64_t j = 0; j < wr.shape[2]; ++j) row[j] *= 0.02f;
+        shrunk_rows.insert({b.layer, b.col});
+      }
     }
   return m;
 }
@@ -288,12 +310,22 @@ class SimplifiedReference : public ::testing::TestWithParam<Case> {
                    << " cannot import torch, h5py and numpy; jobs/setup.sh installs them): " << probe.output;
     ref_ = &reference_for(GetParam());
     ASSERT_TRUE(ref_->error.empty()) << ref_->error;
+    if (!ref_->index["routing"].empty())
+      std::printf("  smallest routing margin of the reference after 0..%d steps: %s\n", kSteps,
+                  ref_->index["min_margins"].dump().c_str());
     for (const auto& margin : ref_->index["min_margins"])
       if (!margin.is_null()) {
         ASSERT_GT(margin.get<double>(), kMinMargin)
             << "a routing decision is a near-tie (before or during training); pick another seed for "
             << GetParam().name;
       }
+    const nlohmann::json& relu = ref_->index["relu_margin"];
+    std::printf("  smallest |ReLU input| of the reference: %s\n",
+                relu.is_null() ? "(no ReLU)" : std::to_string(relu.get<double>()).c_str());
+    if (!relu.is_null()) {
+      ASSERT_GT(relu.get<double>(), kMinReluMargin)
+          << "a ReLU input is within rounding of 0; pick another seed for " << GetParam().name;
+    }
   }
   std::unique_ptr<mom::Gpt2> model() const { return make_model(GetParam(), ref_->cfg); }
 
@@ -339,11 +371,12 @@ TEST_P(SimplifiedReference, EveryGradientMatchesPyTorch) {
     const float* ours = ps.grad(i).ptr<float>();
     Error e = compare(ours, ref.data(), ref.size());
     std::string what = "grad " + name;
-    if (ends_with(name, "/k_bias")) {  // exactly zero in exact arithmetic: scale of ∂L/∂b_q (see the top)
-      const std::string q = name.substr(0, name.size() - 6) + "q_bias";
-      const auto ref_q = r.grad(q, ps.grad(q).shape);
-      e.max_abs_ref = compare(ref_q.data(), ref_q.data(), ref_q.size()).max_abs_ref;
-      what += " (scale: q_bias)";
+    if (r.index["grad_scales"].contains(name)) {  // a sum that cancels: scale of its terms (see the top)
+      const auto terms = r.tensor(r.index["grad_scales"][name], shape);
+      char note[96];
+      std::snprintf(note, sizeof note, " (scale sum|terms|; vs own max|ref| %.1e)", e.rel());
+      e.max_abs_ref = compare(terms.data(), terms.data(), terms.size()).max_abs_ref;
+      what += note;
     }
     const double rel = expect_close(what, e);
     if (rel > worst) worst = rel, worst_name = name;

@@ -67,13 +67,51 @@ def uniform_causal(T, dtype):
     return torch.ones(T, T, dtype=dtype).tril() / (i + 1)
 
 
-def shaped_attention(u, v, p, n_head):
+class TermScales:
+    """What the test needs beside the gradients to judge them, gathered in one forward/backward.
+
+    Term scales: the gradient of a gain g that multiplies a tensor t is a sum, ∂L/∂g = Σ ∂L/∂(g·t) ⊙ t,
+    and several of ours are near-cancellations (a gain just before a norm barely changes the loss:
+    the next norm removes most of its scale). Rounding in such a sum is relative to the size of
+    its terms, not to the result, so for each gain this records Σ |∂L/∂(g·t) ⊙ t| per element of
+    g, the scale the test measures our error against. The same for the key bias, whose gradient
+    Σ_t ∂L/∂k_t is exactly zero in exact arithmetic (the softmax removes a constant per row).
+
+    ReLU margin: the smallest |input| of any ReLU. An input within rounding of 0 could take the
+    other branch in float32 and change a gradient by a whole term; the test refuses such seeds."""
+
+    def __init__(self):
+        self.records = []
+        self.relu_margin = None
+
+    def add(self, name, index, out, t, dims=None):
+        """out = g[index]·t + (terms without g[index]); `dims`: the axes to sum (None: all)."""
+        out.retain_grad()
+        self.records.append((name, index, out, t.detach(), dims))
+
+    def relu(self, z):
+        m = z.detach().abs().min().item()
+        self.relu_margin = m if self.relu_margin is None else min(self.relu_margin, m)
+
+    def scales(self, shapes):
+        """After backward: {name: Σ|terms| shaped like the parameter}."""
+        out = {}
+        for name, index, o, t, dims in self.records:
+            v = (o.grad * t).abs()
+            v = v.sum() if dims is None else v.sum(dim=dims)
+            out.setdefault(name, torch.zeros(shapes[name], dtype=v.dtype))[index] += v
+        return out
+
+
+def shaped_attention(u, v, p, n_head, rec=None, prefix=""):
     """SA over [B, T, C]: per head h, A_h = β_h·softmax(q·kᵀ/sqrt(hd) + mask) + α_h·I − γ_h·C and
     out_h = A_h·v_h; heads concatenated, no output projection. q, k from u; v given."""
     B, T, C = u.shape
     hd = C // n_head
     q = F.linear(u, p["q_weight"], p["q_bias"])
     k = F.linear(u, p["k_weight"], p["k_bias"])
+    if rec is not None:
+        rec.add(prefix + "k_bias", Ellipsis, k, torch.ones_like(k), dims=(0, 1))
     q, k, v = (t.reshape(B, T, n_head, hd).transpose(1, 2) for t in (q, k, v))  # [B, nh, T, hd]
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
     future = torch.ones(T, T, dtype=torch.bool).triu(1)
@@ -82,7 +120,11 @@ def shaped_attention(u, v, p, n_head):
     cmat = uniform_causal(T, u.dtype)
     per_head = lambda s: s.view(1, n_head, 1, 1)  # noqa: E731
     A = per_head(p["attn_beta"]) * probs + per_head(p["attn_alpha"]) * eye - per_head(p["attn_gamma"]) * cmat
-    return (A @ v).transpose(1, 2).reshape(B, T, C)
+    out = A @ v  # [B, nh, T, hd]
+    if rec is not None:
+        for gain, t in (("attn_alpha", v), ("attn_beta", probs @ v), ("attn_gamma", cmat @ v)):
+            rec.add(prefix + gain, Ellipsis, out, t, dims=(0, 2, 3))
+    return out.transpose(1, 2).reshape(B, T, C)
 
 
 class SimplifiedBlock(nn.Module):
@@ -119,19 +161,41 @@ class SimplifiedBlock(nn.Module):
             return F.layer_norm(x, x.shape[-1:], p["norm1_weight"], p["norm1_bias"], self.ln_eps)
         return x
 
-    def mlp(self, w):
-        return F.linear(F.relu(F.linear(w, self.p["fc_weight"])), self.p["proj_weight"])
+    def mlp(self, w, rec):
+        z = F.linear(w, self.p["fc_weight"])
+        if rec is not None:
+            rec.relu(z)
+        return F.linear(F.relu(z), self.p["proj_weight"])
 
-    def forward(self, x):
+    def forward(self, x, rec=None, prefix=""):
+        """`rec`: a TermScales to record this block's gains in (names under `prefix`), or None."""
         p = self.p
+
+        def record(name, out, t):
+            if rec is not None:
+                rec.add(prefix + name, Ellipsis, out, t)
+
         u = self.norm1(x)
-        v = p["v_alpha"] * u + p["v_beta"] * F.linear(u, p["v_weight"]) if self.first else u
-        a = shaped_attention(u, v, p, self.n_head)
+        v = u
+        if self.first:
+            uw = F.linear(u, p["v_weight"])
+            v = p["v_alpha"] * u + p["v_beta"] * uw
+            record("v_alpha", v, u)
+            record("v_beta", v, uw)
+        a = shaped_attention(u, v, p, self.n_head, rec, prefix)
         if self.kind == "sas_p":
-            return p["gain_sa"] * a + p["gain_ff"] * self.mlp(u)
+            m = self.mlp(u, rec)
+            y = p["gain_sa"] * a + p["gain_ff"] * m
+            record("gain_sa", y, a)
+            record("gain_ff", y, m)
+            return y
         xhat = p["gain_sa"] * a
-        w = rms_norm(xhat, p["norm2_weight"]) if self.rms else xhat
-        return p["skip_ff"] * xhat + p["gain_ff"] * self.mlp(w)
+        m = self.mlp(rms_norm(xhat, p["norm2_weight"]) if self.rms else xhat, rec)
+        y = p["skip_ff"] * xhat + p["gain_ff"] * m
+        record("gain_sa", xhat, a)
+        record("skip_ff", y, xhat)
+        record("gain_ff", y, m)
+        return y
 
 
 class AltUp(nn.Module):
@@ -168,8 +232,9 @@ class AltUp(nn.Module):
         g = 1.0 + F.linear(m, wg)
         return P, g
 
-    def step(self, layer, xs, fn):
-        """xs: the K blocks [B, T, C]; fn: the wrapped layer. Returns the new K blocks."""
+    def step(self, layer, xs, fn, rec=None):
+        """xs: the K blocks [B, T, C]; fn: the wrapped layer. Returns the new K blocks. `rec`: a
+        TermScales to record the static p and g in, or None."""
         K, a = self.K, self.active(layer)
         P, g = self.coefficients(layer, xs[a])
         if P.dim() == 2:
@@ -179,7 +244,13 @@ class AltUp(nn.Module):
             xhat = [sum(P[..., i, j].unsqueeze(-1) * xs[j] for j in range(K)) for i in range(K)]
             gains = [g[..., i].unsqueeze(-1) for i in range(K)]
         y = fn(xhat[a] if self.predicted_input else xs[a])
-        return [xhat[i] + gains[i] * (y - xhat[a]) for i in range(K)]
+        out = [xhat[i] + gains[i] * (y - xhat[a]) for i in range(K)]
+        if rec is not None and not self.input_dependent:
+            for i in range(K):
+                for j in range(K):
+                    rec.add("altup/predict", (layer, i, j), xhat[i], xs[j])
+                rec.add("altup/correct", (layer, i), out[i], y - xhat[a])
+        return out
 
 
 class SimplifiedGpt2(nn.Module):
@@ -236,12 +307,13 @@ class SimplifiedGpt2(nn.Module):
         self.altup = AltUp(self.altup_cfg, len(self.layers), C, dtype) if a else None
         self.ln_f = nn.LayerNorm(C, eps=eps).to(dtype)
         self.routing = []
+        self.rec = None  # a TermScales while one is wanted
 
     def _run_layer(self, kind, i, x, state):
         if kind == "dense":
             return self.blocks[i](x)
         if kind == "simplified":
-            return self.simplified[i](x)
+            return self.simplified[i](x, self.rec, self.prefixes[("simplified", i)])
         B, T, C = x.shape
         steps = []
         out, aux = self.stages[i](x.reshape(B * T, C), B, T, steps)
@@ -263,7 +335,7 @@ class SimplifiedGpt2(nn.Module):
         else:
             xs = [e[..., j * C:(j + 1) * C] for j in range(K)] if self.wide else [e] * K
             for layer, (kind, i) in enumerate(self.layers):
-                xs = self.altup.step(layer, xs, lambda u: self._run_layer(kind, i, u, state))  # noqa: B023
+                xs = self.altup.step(layer, xs, lambda u: self._run_layer(kind, i, u, state), self.rec)  # noqa: B023
             x = sum(xs)
         head = sum(self.wte[:, j * C:(j + 1) * C] for j in range(K)) if self.wide else self.wte
         logits = (self.ln_f(x) @ head.t()).reshape(B * T, -1)
@@ -305,8 +377,8 @@ def load_simplified_model(path, dtype=torch.float64):
         names = model.named_tensors()
         stored = set(_dataset_names(f["params"]))
         if stored != set(names):
-            raise ValueError(f"checkpoint and reference disagree on parameters: only stored {sorted(stored - set(names))}, "
-                             f"only here {sorted(set(names) - stored)}")
+            raise ValueError(f"checkpoint and reference disagree on parameters: only stored "
+                             f"{sorted(stored - set(names))}, only here {sorted(set(names) - stored)}")
         copy_stored_params(f, names)
     return model
 
