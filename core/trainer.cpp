@@ -22,28 +22,6 @@ namespace mom {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-fs::path checkpoint_path(const fs::path& run_dir, int64_t step) {
-  char name[64];
-  std::snprintf(name, sizeof name, "ckpt_%08lld.h5", static_cast<long long>(step));
-  return run_dir / name;
-}
-
-fs::path latest_checkpoint(const fs::path& run_dir) {
-  // Temp files of an interrupted save never match: only committed names count.
-  static const std::regex pattern(R"(ckpt_(\d{8})\.h5)");
-  fs::path best;
-  long long best_step = -1;
-  std::error_code ec;
-  if (!fs::is_directory(run_dir, ec)) return {};
-  for (const auto& e : fs::directory_iterator(run_dir)) {
-    std::smatch m;
-    const std::string name = e.path().filename().string();
-    if (std::regex_match(name, m, pattern) && std::stoll(m[1]) > best_step)
-      best_step = std::stoll(m[1]), best = e.path();
-  }
-  return best;
-}
-
 namespace {
 
 // Set by SIGUSR1/SIGTERM; read once a step, when the ranks agree to stop.
@@ -199,6 +177,55 @@ void print_routing_summary(const nlohmann::json& stats) {
 
 }  // namespace
 
+// A process killed in the middle of writing a record leaves a line without its newline; the
+// records appended after a resume must not be glued to it, so it goes (it is incomplete).
+void drop_partial_last_line(const fs::path& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec || size == 0) return;
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.back() == '\n') return;
+  const size_t keep = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
+  fs::resize_file(path, keep, ec);
+}
+
+// Rank 0's string on every rank.
+std::string broadcast_string(Communicator& world, std::string text) {
+  int64_t size = static_cast<int64_t>(text.size());
+  world.broadcast_bytes(&size, sizeof size, 0);
+  text.resize(static_cast<size_t>(size));
+  world.broadcast_bytes(text.data(), text.size(), 0);
+  return text;
+}
+
+// The checkpoint every rank resumes from: rank 0 verifies the folder's checkpoints newest
+// first (core/run_folder.h), warns for each damaged one it sets aside, and all ranks take its
+// choice, or all fail with the list of what was tried.
+fs::path agreed_resume_checkpoint(Communicator& world, const fs::path& run_dir, const LeadOutput& out) {
+  std::string chosen, failure;
+  if (world.rank() == 0) {
+    const ResumeChoice c = choose_resume_checkpoint(run_dir);
+    std::string tried;
+    for (const auto& s : c.skipped) {
+      out.printf("warning: skipping damaged checkpoint %s (%s); %s\n", s.path.string().c_str(), s.error.c_str(),
+                 s.moved_to.empty()
+                     ? "it could not be moved aside and stays in place"
+                     : ("moved aside to " + s.moved_to.filename().string() + ", nothing deleted").c_str());
+      tried += "\n  " + s.path.string() + ": " + s.error;
+    }
+    chosen = c.checkpoint.string();
+    if (chosen.empty())
+      failure = "no usable checkpoint in '" + run_dir.string() + "' to resume from; tried, newest first:" + tried +
+                "\n(the damaged files were moved aside as NAME.damaged); restore a good checkpoint into the folder, "
+                "or start over with --force";
+  }
+  chosen = broadcast_string(world, chosen);
+  failure = broadcast_string(world, failure);
+  require(!chosen.empty(), failure);
+  return chosen;
+}
+
 TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communicator& world) {
   const io::TrainConfig& tc = cfg.train;
   const LeadOutput out(world.rank() == 0);
@@ -214,7 +241,11 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   }
   be.set_num_threads(threads);
   const fs::path run_dir = cfg.run_dir;
-  if (out.lead()) fs::create_directories(run_dir);
+  if (out.lead()) {
+    fs::create_directories(run_dir);
+    for (const fs::path& p : remove_stale_temporaries(run_dir))
+      out.printf("removed %s: the temporary file of a save whose process no longer exists\n", p.string().c_str());
+  }
   world.barrier();
 
   const fs::path existing = latest_checkpoint(run_dir);
@@ -224,18 +255,19 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   require(resume || opts.force || existing.empty(),
           "run folder '" + run_dir.string() + "' already has checkpoints (" + existing.filename().string() +
               "); pass --resume to continue it or --force to start over (old checkpoints are replaced as it goes)");
+  const fs::path from = resume ? agreed_resume_checkpoint(world, run_dir, out) : fs::path();
 
   Gpt2 model(cfg.model, be, DType::F32, groups.ep.get());
   AdamW opt(model.params(), {tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   TrainState st;
   Rng rng(tc.seed);
   if (resume) {
-    const nlohmann::json saved = read_checkpoint_config(existing);
+    const nlohmann::json saved = read_checkpoint_config(from);
     require(saved.contains("model") && saved["model"] == cfg.json["model"],
-            "--resume: the model in '" + existing.string() + "' differs from this config's 'model' section");
-    load_checkpoint(existing, model, &opt, &st);
+            "--resume: the model in '" + from.string() + "' differs from this config's 'model' section");
+    load_checkpoint(from, model, &opt, &st);
     rng.set_state(st.rng);
-    out.printf("resumed from %s at step %lld", existing.string().c_str(), static_cast<long long>(st.step));
+    out.printf("resumed from %s at step %lld", from.string().c_str(), static_cast<long long>(st.step));
     if (st.ranks != W || st.ep_size != tc.ep_size)
       out.printf(" (saved by %lld ranks at ep_size %lld; now %d ranks at ep_size %d)", static_cast<long long>(st.ranks),
                  static_cast<long long>(st.ep_size), W, tc.ep_size);
@@ -279,6 +311,7 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   const bool tty = isatty(fileno(stdout)) && W == 1;
   std::ofstream metrics;
   if (out.lead()) {
+    drop_partial_last_line(run_dir / "metrics.jsonl");
     metrics.open(run_dir / "metrics.jsonl", std::ios::app);
     require(static_cast<bool>(metrics), "cannot write metrics to '" + (run_dir / "metrics.jsonl").string() + "'");
   }
@@ -287,9 +320,8 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   out.printf(
       "model: %s, width %d, %d heads, context %d, vocab %d: %.2fM "
       "parameters; %s, %d threads\n",
-      model.describe().c_str(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx,
-      cfg.model.vocab_size, static_cast<double>(model.params().global_num_elements()) / 1e6, be.name().c_str(),
-      be.num_threads());
+      model.describe().c_str(), cfg.model.n_embd, cfg.model.n_head, cfg.model.n_ctx, cfg.model.vocab_size,
+      static_cast<double>(model.params().global_num_elements()) / 1e6, be.name().c_str(), be.num_threads());
   out.printf("active parameters per token %.2fM | %.3f GFLOP per training token\n",
              static_cast<double>(model.active_parameters()) / 1e6, model.flops_per_token(tc.seq_len) / 1e9);
   if (W > 1)
@@ -325,9 +357,20 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
     world.allreduce_sum(&failed, 1);
     require(failed == 0, out.lead() ? failure : "rank 0 could not write checkpoint '" + p.string() + "'");
     last_saved = p;
-    if (out.lead())
-      metrics << nlohmann::json{{"event", "checkpoint"}, {"step", step}, {"path", p.string()}}.dump() << "\n"
-              << std::flush;
+    if (!out.lead()) return;
+    metrics << nlohmann::json{{"event", "checkpoint"}, {"step", step}, {"path", p.string()}}.dump() << "\n"
+            << std::flush;
+    // Retention only once the new checkpoint is committed; the newest is always kept.
+    const std::vector<fs::path> removed = apply_retention(run_dir, tc.keep_last, tc.keep_every);
+    if (removed.empty()) return;
+    std::string names;
+    nlohmann::json paths = nlohmann::json::array();
+    for (const fs::path& r : removed)
+      names += (names.empty() ? "" : ", ") + r.filename().string(), paths.push_back(r.string());
+    if (tty) out.printf("\n");
+    out.printf("retention (train.keep_last %lld, train.keep_every %lld): removed %s\n",
+               static_cast<long long>(tc.keep_last), static_cast<long long>(tc.keep_every), names.c_str());
+    metrics << nlohmann::json{{"event", "retention"}, {"step", step}, {"removed", paths}}.dump() << "\n" << std::flush;
   };
 
   StopSignals stop_signals;
@@ -427,7 +470,7 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   }
   if (tty) out.printf("\n");
   summary.steps_done = st.step;
-  summary.checkpoint = last_saved.empty() ? existing : last_saved;
+  summary.checkpoint = last_saved.empty() ? from : last_saved;
   if (!last_saved.empty() && !summary.stopped_by_signal) out.printf("checkpoint: %s\n", last_saved.string().c_str());
   return summary;
 }

@@ -3,9 +3,11 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "core/checkpointing.h"
+#include "core/run_folder.h"
 #include "io/config.h"
 #include "parallel/communicator.h"
 
@@ -21,7 +23,8 @@ struct TrainOptions {
 
 struct TrainSummary {
   int64_t steps_done = 0;
-  double last_train_loss = 0, last_val_loss = 0;
+  double last_train_loss = 0;
+  std::optional<double> last_val_loss;  // none when no evaluation ran
   std::filesystem::path checkpoint;
   bool stopped_by_signal = false;  // SIGUSR1/SIGTERM: stopped after a step and saved a checkpoint
 };
@@ -37,8 +40,5 @@ inline constexpr int kStoppedBySignalExit = 75;
 // saved and the summary says stopped_by_signal.
 TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communicator& world);
 
-// Newest complete checkpoint (ckpt_NNNNNNNN.h5) in a run folder, or empty.
-std::filesystem::path latest_checkpoint(const std::filesystem::path& run_dir);
-std::filesystem::path checkpoint_path(const std::filesystem::path& run_dir, int64_t step);
 
 }  // namespace mom

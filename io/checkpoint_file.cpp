@@ -17,14 +17,13 @@
 #include <hdf5.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <iomanip>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <sstream>
 
@@ -39,8 +38,7 @@ constexpr size_t kChunkBytes = size_t{1} << 20;
 // verify() reads datasets in slabs of at most this size, so it needs bounded memory.
 constexpr size_t kVerifySlabBytes = size_t{64} << 20;
 
-const std::string kRestoreHint =
-    "the file is damaged or truncated; restore it from an earlier checkpoint or a backup";
+const std::string kRestoreHint = "the file is damaged or truncated; restore it from an earlier checkpoint or a backup";
 
 // Switching printing off is per-thread in thread-safe HDF5 builds, so every entry point
 // does it rather than once per process.
@@ -161,8 +159,10 @@ std::string human_bytes(uint64_t bytes) {
     ++u;
   }
   std::ostringstream os;
-  if (u == 0) os << bytes << " B";
-  else os << std::fixed << std::setprecision(1) << v << ' ' << units[u];
+  if (u == 0)
+    os << bytes << " B";
+  else
+    os << std::fixed << std::setprecision(1) << v << ' ' << units[u];
   return os.str();
 }
 
@@ -176,8 +176,8 @@ struct CheckpointWriter::Impl {
   Handle file;
 
   [[noreturn]] void fail(const std::string& what) const {
-    throw UserError("cannot write checkpoint " + label + ": " + what + " failed (HDF5: " +
-                    hdf5_reason() + "); check free disk space and permissions, then save again");
+    throw UserError("cannot write checkpoint " + label + ": " + what + " failed (HDF5: " + hdf5_reason() +
+                    "); check free disk space and permissions, then save again");
   }
   hid_t check(hid_t result, const std::string& what) const {
     if (result < 0) fail(what);
@@ -190,20 +190,18 @@ struct CheckpointWriter::Impl {
                   H5Oclose);
   }
 
-  void put_attr(const std::string& object, const std::string& name, hid_t type, hid_t space,
-                const void* data) const {
+  void put_attr(const std::string& object, const std::string& name, hid_t type, hid_t space, const void* data) const {
     const Handle obj = open_object(object);
     const std::string what = "attribute " + quoted(name) + " on " + quoted(object_path(object));
     if (check(H5Aexists(obj.get(), name.c_str()), what) > 0)
       check(H5Adelete(obj.get(), name.c_str()), "replacing " + what);
-    const Handle attr(
-        check(H5Acreate2(obj.get(), name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), what),
-        H5Aclose);
+    const Handle attr(check(H5Acreate2(obj.get(), name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), what),
+                      H5Aclose);
     check(H5Awrite(attr.get(), type, data), what);
   }
 
-  void put_array_attr(const std::string& object, const std::string& name, hid_t type,
-                      size_t count, const void* data) const {
+  void put_array_attr(const std::string& object, const std::string& name, hid_t type, size_t count,
+                      const void* data) const {
     const hsize_t dims[1] = {count};
     const Handle space(check(H5Screate_simple(1, dims, nullptr), "attribute space"), H5Sclose);
     put_attr(object, name, type, space.get(), data);
@@ -211,8 +209,7 @@ struct CheckpointWriter::Impl {
 
   // Any element type: floats for tensors, uint8 for byte blobs (write_bytes).
   void create(const std::string& dataset, std::span<const int64_t> global_shape, hid_t type) const {
-    if (global_shape.empty())
-      throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " needs rank >= 1");
+    if (global_shape.empty()) throw std::invalid_argument("checkpoint dataset " + quoted(dataset) + " needs rank >= 1");
     std::vector<hsize_t> dims;
     for (int64_t d : global_shape) {
       if (d < 0)
@@ -223,8 +220,7 @@ struct CheckpointWriter::Impl {
     const std::string path = object_path(dataset);
     if (path == "/") throw std::invalid_argument("checkpoint dataset needs a name");
     const std::string what = "creating dataset " + quoted(dataset);
-    const Handle space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what),
-                       H5Sclose);
+    const Handle space(check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what), H5Sclose);
     const Handle dcpl(check(H5Pcreate(H5P_DATASET_CREATE), what), H5Pclose);
     // Fletcher32 needs chunked storage; an empty tensor has no chunks and nothing to check.
     const bool empty = std::find(dims.begin(), dims.end(), hsize_t{0}) != dims.end();
@@ -243,22 +239,18 @@ struct CheckpointWriter::Impl {
         H5Dclose);
   }
 
-  void write_rows(const std::string& dataset, int64_t begin, int64_t end, hid_t mem_type,
-                  const void* rows) const {
+  void write_rows(const std::string& dataset, int64_t begin, int64_t end, hid_t mem_type, const void* rows) const {
     const std::string path = object_path(dataset);
     if (H5Lexists(file.get(), path.c_str(), H5P_DEFAULT) <= 0)
-      throw std::invalid_argument("write_rows: dataset " + quoted(dataset) +
-                                  " was not created in " + label);
-    const Handle ds(check(H5Dopen2(file.get(), path.c_str(), H5P_DEFAULT), "opening " + quoted(dataset)),
-                    H5Dclose);
+      throw std::invalid_argument("write_rows: dataset " + quoted(dataset) + " was not created in " + label);
+    const Handle ds(check(H5Dopen2(file.get(), path.c_str(), H5P_DEFAULT), "opening " + quoted(dataset)), H5Dclose);
     const Handle space(check(H5Dget_space(ds.get()), "dataset space"), H5Sclose);
     const int rank = H5Sget_simple_extent_ndims(space.get());
     std::vector<hsize_t> dims(static_cast<size_t>(rank));
     H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
     if (begin < 0 || begin > end || static_cast<hsize_t>(end) > dims[0])
-      throw std::invalid_argument("write_rows: rows [" + std::to_string(begin) + ", " +
-                                  std::to_string(end) + ") outside " + quoted(dataset) +
-                                  " with " + std::to_string(dims[0]) + " rows");
+      throw std::invalid_argument("write_rows: rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                                  ") outside " + quoted(dataset) + " with " + std::to_string(dims[0]) + " rows");
     if (begin == end) return;
     std::vector<hsize_t> start(dims.size(), 0), count = dims;
     start[0] = static_cast<hsize_t>(begin);
@@ -268,8 +260,7 @@ struct CheckpointWriter::Impl {
     check(H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr),
           "selecting rows of " + quoted(dataset));
     const Handle mem(check(H5Screate_simple(rank, count.data(), nullptr), "memory space"), H5Sclose);
-    check(H5Dwrite(ds.get(), mem_type, mem.get(), space.get(), H5P_DEFAULT, rows),
-          "writing " + quoted(dataset));
+    check(H5Dwrite(ds.get(), mem_type, mem.get(), space.get(), H5P_DEFAULT, rows), "writing " + quoted(dataset));
   }
 };
 
@@ -280,7 +271,11 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path final_path, bool overwr
   if (std::filesystem::exists(final_path_, ec) && !overwrite)
     throw UserError("checkpoint " + final_path_.string() + " exists; pass --force to replace it");
   temp_path_ = final_path_;
-  temp_path_ += ".tmp." + std::to_string(::getpid());
+  // The host and PID name the writer, so that a later run can tell a crashed save's file from
+  // one being written right now (core/run_folder.h).
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  temp_path_ += ".tmp." + std::string(host) + "." + std::to_string(::getpid());
   impl_ = std::make_unique<Impl>();
   impl_->label = final_path_.string();
 
@@ -292,8 +287,7 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path final_path, bool overwr
   const hid_t file = H5Fcreate(temp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
   if (file < 0)
     throw UserError("cannot create checkpoint " + temp_path_.string() + " (HDF5: " + hdf5_reason() +
-                    "); check that the folder " + final_path_.parent_path().string() +
-                    " exists and is writable");
+                    "); check that the folder " + final_path_.parent_path().string() + " exists and is writable");
   impl_->file = Handle(file, H5Fclose);
   set_attr("/", "format", std::string(kCheckpointFormat));
   set_attr("/", "format_version", kCheckpointFormatVersion);
@@ -311,30 +305,25 @@ CheckpointWriter::Impl& CheckpointWriter::live() const {
   return *impl_;
 }
 
-void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t> shape,
-                             const float* data) {
+void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t> shape, const float* data) {
   create(dataset, shape, DType::F32);
   write_rows(dataset, 0, shape[0], data);
 }
 
-void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t> shape,
-                             const double* data) {
+void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t> shape, const double* data) {
   create(dataset, shape, DType::F64);
   write_rows(dataset, 0, shape[0], data);
 }
 
-void CheckpointWriter::create(const std::string& dataset, std::span<const int64_t> global_shape,
-                              DType dtype) {
+void CheckpointWriter::create(const std::string& dataset, std::span<const int64_t> global_shape, DType dtype) {
   live().create(dataset, global_shape, file_type(dtype));
 }
 
-void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end,
-                                  const float* rows) {
+void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end, const float* rows) {
   live().write_rows(dataset, begin, end, H5T_NATIVE_FLOAT, rows);
 }
 
-void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end,
-                                  const double* rows) {
+void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end, const double* rows) {
   live().write_rows(dataset, begin, end, H5T_NATIVE_DOUBLE, rows);
 }
 
@@ -354,8 +343,7 @@ void CheckpointWriter::set_attr(const std::string& object, const std::string& na
   live().put_attr(object, name, H5T_IEEE_F64LE, space.get(), &value);
 }
 
-void CheckpointWriter::set_attr(const std::string& object, const std::string& name,
-                                const std::string& value) {
+void CheckpointWriter::set_attr(const std::string& object, const std::string& name, const std::string& value) {
   const std::string what = "string attribute " + quoted(name);
   const Handle type(live().check(H5Tcopy(H5T_C_S1), what), H5Tclose);
   // HDF5 has no zero-length fixed strings; NULLPAD makes the empty string one NUL that
@@ -369,27 +357,24 @@ void CheckpointWriter::set_attr(const std::string& object, const std::string& na
   live().put_attr(object, name, type.get(), space.get(), padded.data());
 }
 
-void CheckpointWriter::set_attr(const std::string& object, const std::string& name,
-                                std::span<const uint64_t> values) {
+void CheckpointWriter::set_attr(const std::string& object, const std::string& name, std::span<const uint64_t> values) {
   live().put_array_attr(object, name, H5T_STD_U64LE, values.size(), values.data());
 }
 
-void CheckpointWriter::set_attr(const std::string& object, const std::string& name,
-                                std::span<const int64_t> values) {
+void CheckpointWriter::set_attr(const std::string& object, const std::string& name, std::span<const int64_t> values) {
   live().put_array_attr(object, name, H5T_STD_I64LE, values.size(), values.data());
 }
 
 void CheckpointWriter::commit() {
   if (!live().file.close())
-    throw UserError("cannot write checkpoint " + final_path_.string() + ": closing " +
-                    temp_path_.string() + " failed (HDF5: " + hdf5_reason() +
-                    "); check free disk space, then save again");
+    throw UserError("cannot write checkpoint " + final_path_.string() + ": closing " + temp_path_.string() +
+                    " failed (HDF5: " + hdf5_reason() + "); check free disk space, then save again");
   fsync_path(temp_path_, O_RDONLY, "checkpoint");
   std::error_code ec;
   std::filesystem::rename(temp_path_, final_path_, ec);
   if (ec)
-    throw UserError("cannot move " + temp_path_.string() + " to " + final_path_.string() + ": " +
-                    ec.message() + "; check that the target is not a folder and is writable");
+    throw UserError("cannot move " + temp_path_.string() + " to " + final_path_.string() + ": " + ec.message() +
+                    "; check that the target is not a folder and is writable");
   impl_.reset();
   // The rename is durable only once the folder's entry is on disk.
   const auto dir = final_path_.parent_path().empty() ? std::filesystem::path(".") : final_path_.parent_path();
@@ -404,8 +389,8 @@ struct CheckpointReader::Impl {
   Handle file;
 
   [[noreturn]] void corrupt(const std::string& what) const {
-    throw UserError("cannot read checkpoint " + label + ": " + what + " failed (HDF5: " +
-                    hdf5_reason() + "); " + kRestoreHint);
+    throw UserError("cannot read checkpoint " + label + ": " + what + " failed (HDF5: " + hdf5_reason() + "); " +
+                    kRestoreHint);
   }
   hid_t check(hid_t result, const std::string& what) const {
     if (result < 0) corrupt(what);
@@ -417,8 +402,7 @@ struct CheckpointReader::Impl {
     if (path == "/") return type == H5O_TYPE_GROUP;
     for (size_t pos = path.find('/', 1);; pos = path.find('/', pos + 1)) {
       const std::string prefix = path.substr(0, pos);
-      if (check(H5Lexists(file.get(), prefix.c_str(), H5P_DEFAULT), "looking up " + quoted(prefix)) <= 0)
-        return false;
+      if (check(H5Lexists(file.get(), prefix.c_str(), H5P_DEFAULT), "looking up " + quoted(prefix)) <= 0) return false;
       // H5Lexists fails (rather than answering false) below a dataset.
       const H5O_type_t found = type_of(prefix);
       if (pos == std::string::npos) return found == type;
@@ -471,15 +455,15 @@ struct CheckpointReader::Impl {
     require_float(ds.get(), dataset);
     const auto dims = dims_of(ds.get(), dataset);
     if (begin < 0 || begin > end || static_cast<hsize_t>(end) > dims[0])
-      throw UserError("checkpoint " + label + ": rows [" + std::to_string(begin) + ", " +
-                      std::to_string(end) + ") requested from dataset " +
-                      quoted(dataset_label(dataset)) + ", which has " + std::to_string(dims[0]) +
+      throw UserError("checkpoint " + label + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                      ") requested from dataset " + quoted(dataset_label(dataset)) + ", which has " +
+                      std::to_string(dims[0]) +
                       " rows; the checkpoint was written for a different model configuration");
     read_slab(ds.get(), dataset, dims, static_cast<hsize_t>(begin), static_cast<hsize_t>(end), mem_type, dst);
   }
 
-  void read_slab(hid_t ds, const std::string& name, const std::vector<hsize_t>& dims, hsize_t begin,
-                 hsize_t end, hid_t mem_type, void* dst) const {
+  void read_slab(hid_t ds, const std::string& name, const std::vector<hsize_t>& dims, hsize_t begin, hsize_t end,
+                 hid_t mem_type, void* dst) const {
     std::vector<hsize_t> start(dims.size(), 0), count = dims;
     start[0] = begin;
     count[0] = end - begin;
@@ -501,9 +485,8 @@ struct CheckpointReader::Impl {
     const auto dims = dims_of(ds.get(), dataset);
     const std::vector<int64_t> actual(dims.begin(), dims.end());
     if (!std::equal(actual.begin(), actual.end(), expected.begin(), expected.end()))
-      throw UserError("dataset " + quoted(dataset_label(dataset)) + " in checkpoint " + label +
-                      " has shape " + shape_text(actual) + " but the model expects " +
-                      shape_text(expected) +
+      throw UserError("dataset " + quoted(dataset_label(dataset)) + " in checkpoint " + label + " has shape " +
+                      shape_text(actual) + " but the model expects " + shape_text(expected) +
                       "; the checkpoint was written for a different model configuration");
     if (dims.empty()) return;
     read_slab(ds.get(), dataset, dims, 0, dims[0], mem_type, dst);
@@ -513,15 +496,14 @@ struct CheckpointReader::Impl {
     const Handle obj = open_object(object);
     const std::string what = "attribute " + quoted(name) + " on " + quoted(object_path(object));
     if (check(H5Aexists(obj.get(), name.c_str()), "looking up " + what) <= 0)
-      throw UserError("checkpoint " + label + " has no " + what +
-                      "; it was not written by this version of mom");
+      throw UserError("checkpoint " + label + " has no " + what + "; it was not written by this version of mom");
     return Handle(check(H5Aopen(obj.get(), name.c_str(), H5P_DEFAULT), "opening " + what), H5Aclose);
   }
 
   [[noreturn]] void wrong_attr_type(const std::string& object, const std::string& name,
                                     const std::string& wanted) const {
-    throw UserError("attribute " + quoted(name) + " on " + quoted(object_path(object)) + " in checkpoint " +
-                    label + " is not " + wanted + "; the file was not written by this version of mom");
+    throw UserError("attribute " + quoted(name) + " on " + quoted(object_path(object)) + " in checkpoint " + label +
+                    " is not " + wanted + "; the file was not written by this version of mom");
   }
 
   H5T_class_t attr_class(hid_t attr, const std::string& name) const {
@@ -599,21 +581,30 @@ struct CheckpointReader::Impl {
       std::vector<uint64_t> uints;
       std::vector<double> reals;
       const std::string what = "reading attribute " + quoted(name);
-      if (cls == H5T_FLOAT) reals.resize(static_cast<size_t>(n));
-      else if (is_signed) ints.resize(static_cast<size_t>(n));
-      else uints.resize(static_cast<size_t>(n));
+      if (cls == H5T_FLOAT)
+        reals.resize(static_cast<size_t>(n));
+      else if (is_signed)
+        ints.resize(static_cast<size_t>(n));
+      else
+        uints.resize(static_cast<size_t>(n));
       if (n > 0) {
-        if (cls == H5T_FLOAT) check(H5Aread(attr.get(), H5T_NATIVE_DOUBLE, reals.data()), what);
-        else if (is_signed) check(H5Aread(attr.get(), H5T_NATIVE_INT64, ints.data()), what);
-        else check(H5Aread(attr.get(), H5T_NATIVE_UINT64, uints.data()), what);
+        if (cls == H5T_FLOAT)
+          check(H5Aread(attr.get(), H5T_NATIVE_DOUBLE, reals.data()), what);
+        else if (is_signed)
+          check(H5Aread(attr.get(), H5T_NATIVE_INT64, ints.data()), what);
+        else
+          check(H5Aread(attr.get(), H5T_NATIVE_UINT64, uints.data()), what);
       }
       const size_t count = static_cast<size_t>(n);
       if (count != 1) os << '[';
       for (size_t i = 0; i < count; ++i) {
         if (i) os << ", ";
-        if (cls == H5T_FLOAT) os << shortest(reals[i]);
-        else if (is_signed) os << ints[i];
-        else os << uints[i];
+        if (cls == H5T_FLOAT)
+          os << shortest(reals[i]);
+        else if (is_signed)
+          os << ints[i];
+        else
+          os << uints[i];
       }
       if (count != 1) os << ']';
       return os.str();
@@ -641,11 +632,14 @@ struct CheckpointReader::Impl {
     const Handle type(check(H5Dget_type(ds), "type of " + quoted(name)), H5Tclose);
     const size_t bits = H5Tget_size(type.get()) * 8;
     switch (H5Tget_class(type.get())) {
-      case H5T_FLOAT: return "float" + std::to_string(bits);
+      case H5T_FLOAT:
+        return "float" + std::to_string(bits);
       case H5T_INTEGER:
         return (H5Tget_sign(type.get()) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(bits);
-      case H5T_STRING: return "string";
-      default: return "other";
+      case H5T_STRING:
+        return "string";
+      default:
+        return "other";
     }
   }
 };
@@ -657,7 +651,8 @@ CheckpointReader::CheckpointReader(std::filesystem::path path)
   const std::string& p = impl_->label;
   std::error_code ec;
   if (!std::filesystem::exists(path_, ec))
-    throw UserError("checkpoint " + p + " does not exist; check the path (`mom train` writes checkpoints "
+    throw UserError("checkpoint " + p +
+                    " does not exist; check the path (`mom train` writes checkpoints "
                     "into the run's output folder)");
   if (std::filesystem::is_directory(path_, ec))
     throw UserError("checkpoint " + p + " is a folder; pass the checkpoint file inside it");
@@ -666,7 +661,8 @@ CheckpointReader::CheckpointReader(std::filesystem::path path)
   const htri_t is_hdf5 = H5Fis_hdf5(p.c_str());
   H5Eclear2(H5E_DEFAULT);
   if (is_hdf5 <= 0)
-    throw UserError("checkpoint " + p + " is not an HDF5 file (it is empty, truncated at its start, "
+    throw UserError("checkpoint " + p +
+                    " is not an HDF5 file (it is empty, truncated at its start, "
                     "or some other kind of file); pass a checkpoint written by mom");
   const Handle fapl(impl_->check(H5Pcreate(H5P_FILE_ACCESS), "file access list"), H5Pclose);
   impl_->check(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), "close degree");
@@ -679,8 +675,7 @@ CheckpointReader::CheckpointReader(std::filesystem::path path)
     throw UserError(not_ours + " (no 'format' attribute on /); pass a file written by `mom train`");
   const std::string format = impl_->string_attr("/", "format");
   if (format != kCheckpointFormat)
-    throw UserError(not_ours + " (its 'format' is " + quoted(format) + ", expected " +
-                    quoted(kCheckpointFormat) + ")");
+    throw UserError(not_ours + " (its 'format' is " + quoted(format) + ", expected " + quoted(kCheckpointFormat) + ")");
   const int64_t version = attr_int("/", "format_version");
   if (version > kCheckpointFormatVersion)
     throw UserError("checkpoint " + p + " has format_version " + std::to_string(version) +
@@ -688,8 +683,8 @@ CheckpointReader::CheckpointReader(std::filesystem::path path)
                     "); upgrade mom to load it");
   if (version != kCheckpointFormatVersion)
     throw UserError("checkpoint " + p + " has format_version " + std::to_string(version) +
-                    ", which no mom release wrote (this mom reads " +
-                    std::to_string(kCheckpointFormatVersion) + "); the file is damaged");
+                    ", which no mom release wrote (this mom reads " + std::to_string(kCheckpointFormatVersion) +
+                    "); the file is damaged");
 }
 
 CheckpointReader::~CheckpointReader() = default;
@@ -714,8 +709,7 @@ std::vector<std::string> CheckpointReader::datasets() const {
   impl_->check(H5Ovisit2(
                    impl_->file.get(), H5_INDEX_NAME, H5_ITER_INC,
                    [](hid_t, const char* name, const H5O_info_t* info, void* data) -> herr_t {
-                     if (info->type == H5O_TYPE_DATASET)
-                       static_cast<std::vector<std::string>*>(data)->push_back(name);
+                     if (info->type == H5O_TYPE_DATASET) static_cast<std::vector<std::string>*>(data)->push_back(name);
                      return 0;
                    },
                    &names, H5O_INFO_BASIC),
@@ -845,8 +839,7 @@ void inspect_checkpoint(const std::filesystem::path& path, std::ostream& out, bo
       start = slash + 1;
     }
     size_t common = 0;
-    while (common < open_groups.size() && common + 1 < parts.size() && open_groups[common] == parts[common])
-      ++common;
+    while (common < open_groups.size() && common + 1 < parts.size() && open_groups[common] == parts[common]) ++common;
     open_groups.resize(common);
     std::string group;
     for (size_t i = 0; i < common; ++i) group += parts[i] + "/";
@@ -873,8 +866,8 @@ void inspect_checkpoint(const std::filesystem::path& path, std::ostream& out, bo
         << " elements  " << human_bytes(bytes) << '\n';
     print_attrs(name, std::string(4 + 2 * (parts.size() - 1), ' ') + "@");
   }
-  out << "\ntotal: " << names.size() << " datasets, " << total_elements << " elements, " << total_bytes
-      << " bytes (" << human_bytes(total_bytes) << ")\n";
+  out << "\ntotal: " << names.size() << " datasets, " << total_elements << " elements, " << total_bytes << " bytes ("
+      << human_bytes(total_bytes) << ")\n";
   out << "layout: one file; " << pools << " module-pool datasets (@pool_axis) are stored whole along their global "
       << "module axis (axis 0), and a rank of an expert-parallel group of any size that divides the pool reads "
       << "its contiguous block of modules; everything else is replicated on every rank\n";

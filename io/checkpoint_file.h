@@ -10,7 +10,7 @@
 //   dataset is chunked with the Fletcher32 filter, strings are stored inline (never in the
 //   unchecksummed global heap), and every HDF5 failure becomes a mom::UserError that names
 //   the file, the dataset and the fix. HDF5's own error printing is switched off.
-// - Atomic commit: the writer fills `<final>.tmp.<pid>`, fsyncs it and renames it over the
+// - Atomic commit: the writer fills `<final>.tmp.<host>.<pid>`, fsyncs it and renames it over the
 //   final name, so a crash mid-save leaves the previous checkpoint untouched.
 // - Ready for sharded I/O: a dataset can be created with its full global shape and filled
 //   by row ranges [begin, end) of axis 0 (write_rows), and read back by row ranges
@@ -41,7 +41,7 @@ enum class DType { F32, F64 };
 
 class CheckpointWriter {
  public:
-  // Creates `<final_path>.tmp.<pid>` and writes the root `format`/`format_version`
+  // Creates `<final_path>.tmp.<host>.<pid>` and writes the root `format`/`format_version`
   // attributes. When `final_path` exists and !overwrite, throws UserError before any work.
   CheckpointWriter(std::filesystem::path final_path, bool overwrite);
   // Removes the temporary file when commit() was not reached (the old checkpoint stays).

@@ -48,7 +48,9 @@ json default_config_json() {
         {"eval_every", t.eval_every},
         {"eval_batches", t.eval_batches},
         {"save_every", t.save_every},
-        {"ep_size", t.ep_size}}},
+        {"ep_size", t.ep_size},
+        {"keep_last", t.keep_last},
+        {"keep_every", t.keep_every}}},
       {"run_dir", d.run_dir},
   };
 }
@@ -341,6 +343,8 @@ void validate(const RunConfig& c, const std::string& origin) {
   require(t.grad_clip >= 0, origin + ": key 'train.grad_clip' must be >= 0 (0 turns clipping off)");
   require(t.eval_every >= 0 && t.eval_batches >= 0 && t.save_every >= 0,
           origin + ": keys 'train.eval_every', 'train.eval_batches' and 'train.save_every' must be >= 0");
+  require(t.keep_last >= 0 && t.keep_every >= 0,
+          origin + ": keys 'train.keep_last' and 'train.keep_every' must be >= 0 (0: keep every checkpoint)");
   require(c.data.format == "auto" || c.data.format == "llmc" || c.data.format == "nanogpt",
           origin + ": key 'data.format' must be \"auto\", \"llmc\" or \"nanogpt\"");
   require(!c.run_dir.empty(), origin + ": key 'run_dir' must not be empty");
@@ -390,6 +394,8 @@ RunConfig config_from_json(const json& input, const std::string& origin) {
   c.train.eval_every = t["eval_every"];
   c.train.eval_batches = t["eval_batches"];
   c.train.save_every = t["save_every"];
+  c.train.keep_last = t["keep_last"];
+  c.train.keep_every = t["keep_every"];
   c.run_dir = j["run_dir"];
   validate(c, origin);
   j["model"]["n_layer"] = c.model.n_layer;

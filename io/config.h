@@ -37,6 +37,9 @@ struct TrainConfig {
   // Expert-parallel group size: ranks that split each module pool between them (the world
   // size must be a multiple; the rest of the model is data-parallel over all ranks).
   int ep_size = 1;
+  // Retention (core/run_folder.h): keep the newest keep_last checkpoints (0: all) and every
+  // keep_every-th step's (0: none by this rule); the newest is always kept.
+  int64_t keep_last = 0, keep_every = 0;
 };
 
 struct RunConfig {

@@ -38,9 +38,12 @@ void add_train_command(CLI::App& app) {
     run_on_world([&](Communicator& world) {
       const TrainSummary s = train(cfg, args->opts, world);
       stopped = s.stopped_by_signal;
-      if (world.rank() == 0 && !stopped)
-        std::printf("done: %lld steps, train loss %.4f, val loss %.4f\n", static_cast<long long>(s.steps_done),
-                    s.last_train_loss, s.last_val_loss);
+      if (world.rank() == 0 && !stopped) {
+        char val[32] = "n/a";  // no evaluation ran (train.eval_every or eval_batches 0)
+        if (s.last_val_loss) std::snprintf(val, sizeof val, "%.4f", *s.last_val_loss);
+        std::printf("done: %lld steps, train loss %.4f, val loss %s\n", static_cast<long long>(s.steps_done),
+                    s.last_train_loss, val);
+      }
     });
     if (stopped) throw ExitStatus{kStoppedBySignalExit};
   });
@@ -50,7 +53,7 @@ void add_eval_command(CLI::App& app) {
   struct Args {
     std::string ckpt, split = "val", data;
     int64_t batches = 0;
-    int batch_size = 0, threads = 0;
+    int batch_size = 0, threads = 0, seq_len = 0;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("eval", "Loss and perplexity of a checkpoint on a data split");
@@ -60,17 +63,26 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--data", args->data, "Token files to score instead (a path or a glob such as DIR/val_*.bin)");
   cmd->add_option("--batches", args->batches, "Batches to score (0: the whole split)");
   cmd->add_option("--batch-size", args->batch_size, "Batch size (0: the config's)");
+  cmd->add_option("--seq-len", args->seq_len,
+                  "Window length T, at most the model's context (0: the config's train.seq_len); the split is cut "
+                  "into windows of T+1 tokens at stride T (llm.c's convention, docs/data.md)");
   cmd->add_option("--threads", args->threads, "CPU threads (0: all cores)");
   cmd->callback([args] {
-    const io::RunConfig cfg = io::config_from_json(read_checkpoint_config(args->ckpt), "checkpoint '" + args->ckpt + "'");
+    const io::RunConfig cfg =
+        io::config_from_json(read_checkpoint_config(args->ckpt), "checkpoint '" + args->ckpt + "'");
     Backend& be = backend_for(parse_device(cfg.train.device));
     be.set_num_threads(args->threads);
     Gpt2 model(cfg.model, be);
     load_checkpoint(args->ckpt, model, nullptr, nullptr);
     const std::string pattern = !args->data.empty() ? args->data : args->split == "val" ? cfg.data.val : cfg.data.train;
-    const int B = args->batch_size > 0 ? args->batch_size : cfg.train.batch_size, T = cfg.train.seq_len;
-    io::TokenLoader loader({{pattern}, io::parse_shard_format(cfg.data.format), B, T, cfg.train.seed, false, 0, 1,
-                            cfg.model.vocab_size});
+    const int B = args->batch_size > 0 ? args->batch_size : cfg.train.batch_size;
+    const int T = args->seq_len > 0 ? args->seq_len : cfg.train.seq_len;
+    require(T <= cfg.model.n_ctx, "--seq-len " + std::to_string(T) + " exceeds the model's context (model.n_ctx " +
+                                      std::to_string(cfg.model.n_ctx) + "); choose at most " +
+                                      std::to_string(cfg.model.n_ctx));
+    require(args->seq_len >= 0, "--seq-len must be >= 1 (0: the config's train.seq_len)");
+    io::TokenLoader loader(
+        {{pattern}, io::parse_shard_format(cfg.data.format), B, T, cfg.train.seed, false, 0, 1, cfg.model.vocab_size});
     const int64_t avail = static_cast<int64_t>(loader.batches_per_epoch());
     const int64_t n = args->batches > 0 ? std::min(args->batches, avail) : avail;
     std::vector<int32_t> x(static_cast<size_t>(B) * T), y(x.size());

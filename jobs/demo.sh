@@ -39,3 +39,8 @@ $mom eval "$mom_ckpt" --batches 20
 
 echo "== sample from the MoM (temperature 0.8, top-k 40)"
 $mom generate "$mom_ckpt" --prompt $'import os\n\ndef ' --max-tokens 80 --temperature 0.8 --top-k 40 --seed 7
+
+echo "== plots of both runs (loss, learning rate, gradient norm, tokens/s; routing for the MoM)"
+/usr/bin/python3 jobs/analysis/plot_run.py runs/demo_dense --out runs/demo_dense.png
+/usr/bin/python3 jobs/analysis/plot_run.py runs/demo_mom --out runs/demo_mom.png
+echo "open runs/demo_dense.png and runs/demo_mom.png to see them"

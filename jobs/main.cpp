@@ -4,12 +4,19 @@
 // 75 a training run stopped by SIGUSR1/SIGTERM after saving its checkpoint (resume it).
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "core/error.h"
 #include "jobs/commands.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"mom: train modular transformers (dense GPT-2, MoM, MoE) on CPU and GPU", "mom"};
+  // Only the devices this build can run on (core/backend/registry.cpp).
+#ifdef MOM_HAVE_CUDA
+  const char* devices = "on CPU and CUDA GPUs";
+#else
+  const char* devices = "on CPU (this build has no CUDA backend)";
+#endif
+  CLI::App app{std::string("mom: train modular transformers (dense GPT-2, MoM, MoE, SAS, AltUp) ") + devices, "mom"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "mom 0.1.0");
   mom::jobs::add_data_command(app);

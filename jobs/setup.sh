@@ -17,6 +17,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libicu-dev
   libgtest-dev
   python3-torch python3-h5py python3-numpy python3-regex  # independent references for the tests
+  python3-matplotlib              # jobs/analysis/plot_run.py and the studies' plots
   slurm-wlm munge                 # a one-node Slurm cluster for tests/slurm (docs/slurm.md)
 )
 missing=()
