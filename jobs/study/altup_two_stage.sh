@@ -2,6 +2,9 @@
 # Two-stage + AltUp (MODELS.md §2, §5): a dense GPT-2 (6 x 256) trained S1 steps, then for S2
 # more steps on the same schedule's tail
 #   dense          the same run resumed (same optimizer state and schedule);
+#   dense restart  the stage-1 weights restarted like the conversions below (fresh AdamW
+#                  moments, the same short warmup): the control that separates the optimizer
+#                  restart from the conversion;
 #   dense+AltUp    widened by Recycled-AltUp K = 2 (mom convert dense-to-altup), trained on;
 #   MoM            its layers made a MoM's pools (bottom 1, a chunk of 4+4 modules with SKIP,
 #                  top-2, 3 steps, GRU routers, anchor 1), trained on;
@@ -35,11 +38,13 @@ cont() {
   local name=$1 init=$2; shift 2
   $mom train "${shape[@]}" "${tail_schedule[@]}" --set run_dir="$d/$name" --init-from "$init" --force "$@"
 }
+cont dense_restart "$d/stage1.h5" --set model.n_layer=6
 cont dense_altup "$d/dense_altup_init.h5" --set model.n_layer=6 --set 'model.altup={"k":2}'
 cont mom "$d/mom_init.h5" --set "model.stack=$mom_stack"
 cont mom_altup "$d/mom_altup_init.h5" --set "model.stack=$mom_stack" --set 'model.altup={"k":2}'
 tokens=$(( S1 * 8 * 128 ))
 /usr/bin/python3 jobs/study/plot_runs.py --title "Two-stage + AltUp from a dense GPT-2 (6 x 256)" \
   --png docs/study/altup_two_stage.png --table docs/study/altup_two_stage.md \
-  "dense, continued=$d/dense" "dense + Recycled-AltUp K=2=$d/dense_altup@$tokens" \
+  "dense, continued=$d/dense" "dense, restarted (fresh AdamW)=$d/dense_restart@$tokens" \
+  "dense + Recycled-AltUp K=2=$d/dense_altup@$tokens" \
   "two-stage MoM=$d/mom@$tokens" "two-stage MoM + Recycled-AltUp K=2=$d/mom_altup@$tokens"
