@@ -217,6 +217,32 @@ int Gpt2::routed_stage_count() const {
   return n;
 }
 
+std::vector<Gpt2::StageTrace> Gpt2::routing_trace() const {
+  std::vector<StageTrace> out;
+  for (const auto& b : blocks_)
+    if (const RoutedStage* st = b->routed_stage()) out.push_back({st->name(), st->routing_trace()});
+  return out;
+}
+
+void Gpt2::disable_module(const std::string& path) {
+  // stage prefix ("chunks/0/"), then side and module: "chunks/0/attn/1"
+  const size_t last = path.rfind('/'), side_at = last == std::string::npos ? last : path.rfind('/', last - 1);
+  std::string known;
+  for (const auto& b : blocks_)
+    if (RoutedStage* st = b->routed_stage()) {
+      known += (known.empty() ? "" : ", ") + st->name();
+      if (side_at == std::string::npos || path.compare(0, side_at + 1, st->name()) != 0) continue;
+      const std::string side = path.substr(side_at + 1, last - side_at - 1), index = path.substr(last + 1);
+      require(!index.empty() && index.find_first_not_of("0123456789") == std::string::npos,
+              "--disable-module '" + path + "': the module must be a number, as in chunks/0/attn/1");
+      st->disable_modules(side, {std::stoi(index)});
+      return;
+    }
+  throw UserError(
+      "--disable-module '" + path + "': no such routed stage; write STAGE/SIDE/MODULE, e.g. " +
+      "chunks/0/attn/1, with STAGE one of: " + (known.empty() ? std::string("(this model has none)") : known));
+}
+
 std::string Gpt2::describe() const {
   int counts[5] = {};  // dense, MoM chunks, MoE layers, SAS, SAS-P
   for (const auto& item : effective_stack(cfg_)) {

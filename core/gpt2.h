@@ -100,6 +100,16 @@ class Gpt2 {
   double aux_loss() const;
   // Routing statistics of the last forward: per routed stage, per step, per router.
   nlohmann::json routing_stats() const;
+  // Every routed stage's router decisions of the last forward ("chunks/0/", "moe/1/"), in
+  // stack order; empty for models without routed stages.
+  struct StageTrace {
+    std::string stage;
+    std::vector<RouterTrace> routers;
+  };
+  std::vector<StageTrace> routing_trace() const;
+  // Module ablation: "chunks/0/attn/1" (stage, router side, module) is never chosen again
+  // (RoutedStage::disable_modules); UserError naming the path when it does not exist.
+  void disable_module(const std::string& path);
   // The middle in words: "2 dense blocks, 1 MoM chunk, 4 SAS-P blocks; AltUp K=2 (recycled)".
   std::string describe() const;
   // Routed stages (MoM chunks and MoE layers) in the stack.

@@ -25,11 +25,19 @@ namespace {
 void check_config(const GateConfig& cfg) {
   require(cfg.classes >= 1, "router: needs at least one class, got " + std::to_string(cfg.classes));
   require(cfg.modules >= 0 && cfg.modules <= cfg.classes,
-          "router: modules (" + std::to_string(cfg.modules) + ") must lie in [0, classes = " +
-              std::to_string(cfg.classes) + "]");
-  require(cfg.top_k >= 1 && cfg.top_k <= cfg.classes,
-          "router: top_k = " + std::to_string(cfg.top_k) + " must lie in [1, classes = " +
-              std::to_string(cfg.classes) + "]");
+          "router: modules (" + std::to_string(cfg.modules) +
+              ") must lie in [0, classes = " + std::to_string(cfg.classes) + "]");
+  require(cfg.top_k >= 1 && cfg.top_k <= cfg.classes, "router: top_k = " + std::to_string(cfg.top_k) +
+                                                          " must lie in [1, classes = " + std::to_string(cfg.classes) +
+                                                          "]");
+  if (!cfg.disabled.empty()) {
+    require(cfg.disabled.size() == static_cast<size_t>(cfg.classes),
+            "router: the disabled mask must cover every class");
+    const int enabled = static_cast<int>(std::count(cfg.disabled.begin(), cfg.disabled.end(), 0));
+    require(enabled >= cfg.top_k, "router: disabling leaves " + std::to_string(enabled) +
+                                      " classes, fewer than top_k (" + std::to_string(cfg.top_k) +
+                                      "); disable fewer modules");
+  }
   require(cfg.sigmoid || cfg.temperature > 0,
           "router: temperature must be positive, got " + std::to_string(cfg.temperature));
 }
@@ -45,23 +53,28 @@ void gate_forward(const GateConfig& cfg, const double* logits, int N, Selection&
   sel.weight.assign(static_cast<size_t>(N) * K, 0.0f);
   std::vector<double> p(C);
   std::vector<int> order(C);
+  auto off = [&](int i) { return !cfg.disabled.empty() && cfg.disabled[static_cast<size_t>(i)]; };
   for (int t = 0; t < N; ++t) {
     const double* l = logits + static_cast<size_t>(t) * C;
     if (cfg.sigmoid) {
-      for (int i = 0; i < C; ++i) p[i] = 1.0 / (1.0 + std::exp(-static_cast<double>(l[i])));
+      for (int i = 0; i < C; ++i) p[i] = off(i) ? 0.0 : 1.0 / (1.0 + std::exp(-static_cast<double>(l[i])));
     } else {
       // Max-subtraction keeps exp in range at small temperatures (τ = 0.2 multiplies by 5).
       double mx = -INFINITY;
-      for (int i = 0; i < C; ++i) mx = std::max(mx, static_cast<double>(l[i]) / cfg.temperature);
+      for (int i = 0; i < C; ++i)
+        if (!off(i)) mx = std::max(mx, static_cast<double>(l[i]) / cfg.temperature);
       double sum = 0;
-      for (int i = 0; i < C; ++i) sum += p[i] = std::exp(static_cast<double>(l[i]) / cfg.temperature - mx);
+      for (int i = 0; i < C; ++i)
+        sum += p[i] = off(i) ? 0.0 : std::exp(static_cast<double>(l[i]) / cfg.temperature - mx);
       for (int i = 0; i < C; ++i) p[i] /= sum;
     }
     // Top-K by descending probability, ties to the lower class id: a strict total order, so the
-    // selection does not depend on the sort algorithm.
+    // selection does not depend on the sort algorithm. Disabled classes sort after all others.
     std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + K, order.end(),
-                      [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+    std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int a, int b) {
+      if (off(a) != off(b)) return off(b);
+      return p[a] > p[b] || (p[a] == p[b] && a < b);
+    });
     double selected = 0;
     for (int k = 0; k < K; ++k) selected += p[order[k]];
     for (int k = 0; k < K; ++k) {

@@ -13,12 +13,15 @@
 namespace mom::router {
 
 struct GateConfig {
-  int classes = 0;            // output classes of the router (modules, plus SKIP when skip)
-  int modules = 0;            // real modules; class ids >= modules are SKIP (no parameters, adds 0)
+  int classes = 0;  // output classes of the router (modules, plus SKIP when skip)
+  int modules = 0;  // real modules; class ids >= modules are SKIP (no parameters, adds 0)
   int top_k = 1;
-  double temperature = 1.0;   // p = softmax(logits / temperature)
-  bool sigmoid = false;       // p = sigmoid(logits) instead (MoE option); temperature unused
-  bool renormalise = true;    // g = p / Σ_{selected} p; false: g = p (Switch)
+  double temperature = 1.0;  // p = softmax(logits / temperature)
+  bool sigmoid = false;      // p = sigmoid(logits) instead (MoE option); temperature unused
+  bool renormalise = true;   // g = p / Σ_{selected} p; false: g = p (Switch)
+  // Module ablation (`mom eval --disable-module`): classes marked here get probability 0 and
+  // are never chosen, so a token takes its next choice (SKIP when that is next). Empty: none.
+  std::vector<uint8_t> disabled;
 };
 
 // One routing decision for N tokens, on the host.

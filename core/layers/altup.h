@@ -50,6 +50,7 @@ class AltUpLayer final : public Block {
   int attention_layers() const override { return inner_->attention_layers(); }
   double aux_loss() const override { return inner_->aux_loss(); }
   nlohmann::json routing_stats() const override { return inner_->routing_stats(); }
+  RoutedStage* routed_stage() override { return inner_->routed_stage(); }
   parallel::ExchangeStats exchange_stats() const override { return inner_->exchange_stats(); }
   void reset_exchange_stats() override { inner_->reset_exchange_stats(); }
   int active_block() const { return active_; }

@@ -23,6 +23,8 @@
 
 namespace mom {
 
+class RoutedStage;
+
 // What every block of a model shares.
 struct ModelDims {
   int C = 0, n_head = 0, n_ctx = 0;
@@ -64,6 +66,8 @@ class Block {
   virtual double aux_loss() const { return 0; }
   // Routing statistics of the last forward; null for blocks that do not route.
   virtual nlohmann::json routing_stats() const { return nullptr; }
+  // The MoM chunk or MoE layer this block is (or wraps), for routing traces and ablation.
+  virtual RoutedStage* routed_stage() { return nullptr; }
   virtual parallel::ExchangeStats exchange_stats() const { return {}; }
   virtual void reset_exchange_stats() {}
 

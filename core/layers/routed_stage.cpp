@@ -136,6 +136,7 @@ struct RoutedStage::Impl {
   Tensor d_ffn_out;
   GrowingArena backward_local;  // ep_size > 1: module-side gradients
   double aux_scale = 1;
+  std::vector<uint8_t> disabled_attn, disabled_ffn;  // per router class; empty: none (ablation)
 
   Impl(const RoutedStageConfig& c, const ParameterStore& p, std::string pre, int c_, int nh, double e, Communicator* ep)
       : cfg(c),
@@ -237,7 +238,8 @@ struct RoutedStage::Impl {
       net->forward(h, x, lg_view);
       side.logits.resize(static_cast<size_t>(N) * classes);
       to_host(side.logits.data(), lg_view);
-      const router::GateConfig gc{classes, modules, K, cfg.temperature, cfg.sigmoid, cfg.renormalise};
+      const router::GateConfig gc{
+          classes, modules, K, cfg.temperature, cfg.sigmoid, cfg.renormalise, is_ffn ? disabled_ffn : disabled_attn};
       router::gate_forward(gc, side.logits.data(), N, side.sel);
       const double scale = aux_scale / cfg.steps;
       if (cfg.balance_coef > 0) {
@@ -433,7 +435,13 @@ struct RoutedStage::Impl {
       for (double& v : extra) v *= loss_scale;
     }
     std::vector<double> dl(static_cast<size_t>(N) * classes, 0.0);
-    const router::GateConfig gc{classes, modules, K, cfg.temperature, cfg.sigmoid, cfg.renormalise};
+    const router::GateConfig gc{classes,
+                                modules,
+                                K,
+                                cfg.temperature,
+                                cfg.sigmoid,
+                                cfg.renormalise,
+                                &side == &steps[h].ffn ? disabled_ffn : disabled_attn};
     router::gate_backward(gc, side.sel, dw.data(), extra.empty() ? nullptr : extra.data(), dl.data());
     if (cfg.z_coef > 0)
       router::z_loss(side.logits.data(), N, classes, cfg.z_coef * aux_scale / cfg.steps * loss_scale, dl.data());
@@ -589,6 +597,46 @@ int64_t RoutedStage::active_parameters() const {
       per_step += n;  // routers and the shared expert run once a step
   }
   return per_step * cfg_.steps;
+}
+
+std::vector<RouterTrace> RoutedStage::routing_trace() const {
+  std::vector<RouterTrace> out;
+  for (size_t h = 0; h < impl_->steps.size(); ++h)
+    for (auto [name, side, mode, modules] :
+         {std::tuple{"attn", &impl_->steps[h].attn, cfg_.attn_routing, cfg_.attn_modules},
+          std::tuple{"ffn", &impl_->steps[h].ffn, cfg_.ffn_routing, cfg_.ffn_modules}}) {
+      if (mode != RoutingMode::Learned) continue;
+      const router::Selection& sel = side->sel;
+      RouterTrace t;
+      t.step = static_cast<int>(h), t.router = name, t.N = sel.N, t.K = sel.K, t.classes = sel.classes;
+      t.probs = sel.probs, t.weights = sel.weight;
+      t.modules.resize(sel.choice.size());
+      t.dropped.resize(sel.choice.size());
+      for (size_t i = 0; i < sel.choice.size(); ++i) {
+        const bool skip = sel.choice[i] >= modules;
+        t.modules[i] = skip ? -1 : sel.choice[i];
+        t.dropped[i] = !skip && side->plan.slot[i] < 0;
+      }
+      out.push_back(std::move(t));
+    }
+  return out;
+}
+
+void RoutedStage::disable_modules(const std::string& side, const std::vector<int>& modules) {
+  const bool ffn = side == "ffn";
+  require(ffn || side == "attn", "stage " + prefix_ + ": no router side '" + side + "' (use attn or ffn)");
+  const RoutingMode mode = ffn ? cfg_.ffn_routing : cfg_.attn_routing;
+  const int n = ffn ? cfg_.ffn_modules : cfg_.attn_modules;
+  require(mode == RoutingMode::Learned, "stage " + prefix_ + side +
+                                            ": has no learned router, so its modules cannot "
+                                            "be disabled (an MoE layer's attention is one dense module)");
+  std::vector<uint8_t>& mask = ffn ? impl_->disabled_ffn : impl_->disabled_attn;
+  if (mask.empty()) mask.assign(static_cast<size_t>(n + (cfg_.skip ? 1 : 0)), 0);  // calls add up
+  for (int m : modules) {
+    require(m >= 0 && m < n, "stage " + prefix_ + side + ": module " + std::to_string(m) + " does not exist (it has " +
+                                 std::to_string(n) + ": 0.." + std::to_string(n - 1) + ")");
+    mask[static_cast<size_t>(m)] = 1;
+  }
 }
 
 parallel::ExchangeStats RoutedStage::exchange_stats() const { return impl_->exchange_stats(); }

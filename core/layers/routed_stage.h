@@ -62,6 +62,18 @@ struct RoutedStageConfig {
 std::vector<ParamSpec> routed_stage_param_specs(const RoutedStageConfig& cfg, int C, const std::string& prefix,
                                                 double resid_std);
 
+// One router's decisions at one assembly step of the last forward, on the host: what
+// `mom route` writes and the routing service reports (docs/serving.md).
+struct RouterTrace {
+  int step = 0;
+  std::string router;             // "attn" or "ffn"
+  int N = 0, K = 0, classes = 0;  // tokens, choices per token, router classes (modules + SKIP)
+  std::vector<int32_t> modules;   // [N, K] module ids in descending probability, -1 for SKIP
+  std::vector<double> weights;    // [N, K] gate weights g
+  std::vector<double> probs;      // [N, classes] the router's distribution (SKIP last)
+  std::vector<uint8_t> dropped;   // [N, K] 1 where capacity dropped the assignment
+};
+
 class RoutedStage final : public Block {
  public:
   // `prefix` names its parameters ("chunks/0/", "moe/1/"). aux_scale multiplies this stage's
@@ -87,6 +99,14 @@ class RoutedStage final : public Block {
   // Per step and router: load, SKIP rate, entropy, drops.
   nlohmann::json routing_stats() const override;
   const RoutedStageConfig& config() const { return cfg_; }
+  RoutedStage* routed_stage() override { return this; }
+  // Every learned router's decisions of the last forward, step by step (attention, then FFN).
+  std::vector<RouterTrace> routing_trace() const;
+  // Module ablation: modules of `side` ("attn" or "ffn") that no token may choose from now on
+  // (calls add up);
+  // a token takes its next choice instead (SKIP when that is next). UserError for a side
+  // without a learned router or a module out of range.
+  void disable_modules(const std::string& side, const std::vector<int>& modules);
   // Traffic and time of this stage's token exchanges since the last reset (zero with one rank).
   parallel::ExchangeStats exchange_stats() const override;
   void reset_exchange_stats() override;
