@@ -43,10 +43,18 @@ class Backend {
   virtual void synchronize() {}
 
   // ---- embedding: out[N,C] = wte[tokens[n]] + wpe[positions[n]], positions = n mod T + pos0
-  virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                                 int T, int pos0) = 0;
+  virtual void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int T,
+                                 int pos0) = 0;
   virtual void embedding_backward(const Tensor& dwte, const Tensor& dwpe, const Tensor& dout, const Tensor& tokens,
                                   int T, int pos0) = 0;
+
+  // ---- batch invariance. Decoding batches the steps of many sequences, and a sequence's
+  // text must not depend on which others share its steps. While on, matmul_forward computes
+  // every output row by the same arithmetic whatever the number of rows and threads (a
+  // row-wise kernel, slower than a GEMM for large batches); every other op decoding uses is
+  // row-local already. BatchInvariant (below) is the guard.
+  void set_batch_invariant(bool on) { batch_invariant_ = on; }
+  bool batch_invariant() const { return batch_invariant_; }
 
   // ---- linear: out[N,OC] = inp[N,IC]·weight[OC,IC]ᵀ + bias[OC] (bias may be empty)
   virtual void matmul_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) = 0;
@@ -58,8 +66,7 @@ class Backend {
   virtual void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
                                  const Tensor& weight, const Tensor& bias, double eps) = 0;
   virtual void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
-                                  const Tensor& inp, const Tensor& weight, const Tensor& mean,
-                                  const Tensor& rstd) = 0;
+                                  const Tensor& inp, const Tensor& weight, const Tensor& mean, const Tensor& rstd) = 0;
 
   // ---- GELU, tanh form
   virtual void gelu_forward(const Tensor& out, const Tensor& inp) = 0;
@@ -86,11 +93,13 @@ class Backend {
   virtual void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& probs,
                                   int n_head) = 0;
 
-  // Incremental (KV-cached) attention for one sequence: qkv [M,3C] holds M new positions
-  // pos0..pos0+M-1; their k and v rows are written into kcache/vcache [n_ctx,C] at those
-  // positions, then each new row attends causally over cache rows 0..its position. out [M,C].
+  // KV-cached attention for decoding several sequences at once. Row m of qkv [M,3C] is a
+  // token of sequence slot[m] at position pos[m] (slot, pos: I32 [M]); every row's k and v
+  // are written into kcache/vcache [S, n_ctx, C] at [slot[m], pos[m]], then each row attends
+  // causally over its own sequence's cache rows 0..pos[m]. out [M,C]. A row's result must not
+  // depend on the other rows of the step (serving's batch invariance).
   virtual void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache,
-                                        const Tensor& vcache, int pos0, int n_head) = 0;
+                                        const Tensor& vcache, const Tensor& slot, const Tensor& pos, int n_head) = 0;
 
   // ---- simplified blocks (MODELS.md §4)
   // RMSNorm over the last axis: out = w ⊙ x / (rms(x) + eps), rms(x) = sqrt(mean(x²)); the eps
@@ -105,14 +114,19 @@ class Backend {
   // [B,nh,T,T] (the softmax, saved). With q = 0 the softmax is C itself and, at α = β = γ = 1,
   // out = v exactly (the sub-block returns its values).
   virtual void shaped_attention_forward(const Tensor& out, const Tensor& probs, const Tensor& qk, const Tensor& v,
-                                        const Tensor& alpha, const Tensor& beta, const Tensor& gamma,
-                                        int n_head) = 0;
+                                        const Tensor& alpha, const Tensor& beta, const Tensor& gamma, int n_head) = 0;
   // dqk [B,T,2C], dv [B,T,C], dalpha/dbeta/dgamma [nh], all +=. Consumes probs, like
   // attention_backward.
-  virtual void shaped_attention_backward(const Tensor& dqk, const Tensor& dv, const Tensor& dalpha,
-                                         const Tensor& dbeta, const Tensor& dgamma, const Tensor& dout,
-                                         const Tensor& qk, const Tensor& v, const Tensor& probs, const Tensor& alpha,
-                                         const Tensor& beta, const Tensor& gamma, int n_head) = 0;
+  virtual void shaped_attention_backward(const Tensor& dqk, const Tensor& dv, const Tensor& dalpha, const Tensor& dbeta,
+                                         const Tensor& dgamma, const Tensor& dout, const Tensor& qk, const Tensor& v,
+                                         const Tensor& probs, const Tensor& alpha, const Tensor& beta,
+                                         const Tensor& gamma, int n_head) = 0;
+  // The cached form of shaped attention, rows as attention_forward_cached's: qk [M,2C], v
+  // [M,C] (cached as the keys and values), out_i = β·Σ_j P_ij·v_j + α·v_i − γ·mean_{j≤i} v_j.
+  virtual void shaped_attention_forward_cached(const Tensor& out, const Tensor& qk, const Tensor& v,
+                                               const Tensor& kcache, const Tensor& vcache, const Tensor& slot,
+                                               const Tensor& pos, const Tensor& alpha, const Tensor& beta,
+                                               const Tensor& gamma, int n_head) = 0;
   // Scalar gains (SAS's β_SA, α_FF, β_FF; block 0's α_V, β_V): out += g·x, g a one-element tensor.
   virtual void scaled_accumulate(const Tensor& out, const Tensor& x, const Tensor& gain) = 0;
   // dx += g·dout and dgain += Σ dout ⊙ x (either may be empty).
@@ -152,8 +166,8 @@ class Backend {
   // Backward of combine_rows: dbuf[slot[t,k]] += weight[t,k]·dout[t] (every row of buf has one
   // source, so this is a scatter without conflicts) and dweight[t,k] += dout[t]·buf[slot[t,k]]
   // (dweight may be empty).
-  virtual void combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout,
-                                     const Tensor& buf, const Tensor& slot, const Tensor& weight) = 0;
+  virtual void combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout, const Tensor& buf,
+                                     const Tensor& slot, const Tensor& weight) = 0;
 
   // Runs body(j) for the modules j = 0..n-1 of a pool, whose work touches disjoint rows and
   // parameters. The CPU backend runs modules side by side, one thread each (a grouped GEMM:
@@ -164,24 +178,40 @@ class Backend {
   }
 
   // ---- elementwise
-  virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;   // out = a + b
-  virtual void accumulate(const Tensor& dst, const Tensor& src) = 0;           // dst += src
-  virtual void scale(const Tensor& t, double factor) = 0;                      // t *= factor
+  virtual void add(const Tensor& out, const Tensor& a, const Tensor& b) = 0;  // out = a + b
+  virtual void accumulate(const Tensor& dst, const Tensor& src) = 0;          // dst += src
+  virtual void scale(const Tensor& t, double factor) = 0;                     // t *= factor
 
   // ---- tied head with softmax cross-entropy, fused and chunked so that the [N,V] logits
   // never exist at once. losses[n] = -log softmax(x[n]·wteᵀ)[targets[n]].
   // When dx/dwte are given, also dx += g·(p - onehot)·wte and dwte += (g·(p - onehot))ᵀ·x
   // with g = grad_scale (the caller's 1/(tokens·accumulation steps)).
   // scratch: [rows, V], rows ≥ 1; it bounds the chunk size.
-  virtual void xent_head(const Tensor& losses, const Tensor& dx, const Tensor& dwte, const Tensor& x,
-                         const Tensor& wte, const Tensor& targets, double grad_scale, const Tensor& scratch) = 0;
+  virtual void xent_head(const Tensor& losses, const Tensor& dx, const Tensor& dwte, const Tensor& x, const Tensor& wte,
+                         const Tensor& targets, double grad_scale, const Tensor& scratch) = 0;
 
   // ---- optimizer and norms
   // AdamW with decoupled weight decay; t is the 1-based step for bias correction.
-  virtual void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr,
-                     double beta1, double beta2, double eps, double weight_decay, int64_t t) = 0;
+  virtual void adamw(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, int64_t t) = 0;
   // Σ t², accumulated in double in a fixed order.
   virtual double sum_squares(const Tensor& t) = 0;
+
+ private:
+  bool batch_invariant_ = false;
+};
+
+// Batch-invariant kernels for the life of the guard (Backend::set_batch_invariant).
+class BatchInvariant {
+ public:
+  explicit BatchInvariant(Backend& be) : be_(be), was_(be.batch_invariant()) { be.set_batch_invariant(true); }
+  ~BatchInvariant() { be_.set_batch_invariant(was_); }
+  BatchInvariant(const BatchInvariant&) = delete;
+  BatchInvariant& operator=(const BatchInvariant&) = delete;
+
+ private:
+  Backend& be_;
+  bool was_;
 };
 
 // The backend for a device ("cpu", "cuda"); throws UserError when that device is unavailable.

@@ -117,12 +117,17 @@ void Gpt2::reset_exchange_stats() {
   for (auto& b : blocks_) b->reset_exchange_stats();
 }
 
-// The KV caches live in the blocks; these are the shared buffers of incremental decoding,
-// sized for n_ctx rows (a prompt can be fed in one call).
+// The KV caches live in the blocks; these are the model's own buffers of a decoding step
+// and the blocks' shared scratch, for up to max_rows rows.
 struct Gpt2::DecodeState {
+  int sequences = 0, max_rows = 0;
   std::unique_ptr<Arena> arena;
-  Tensor tokens, x, logits;
-  DecodeScratch scratch;
+  Tensor tokens, slot, pos, want;  // I32 [R]
+  Tensor x;                        // [K·R, C] the stream (K = 1 without AltUp)
+  Tensor enc, wpe_rows;            // [R, E] embedding rows
+  Tensor summed, last, ln, mean, rstd;
+  Tensor head;    // wide AltUp: the folded [V, C] head
+  Tensor logits;  // [min(R, sequences), V]
 };
 
 Gpt2::~Gpt2() = default;
@@ -300,7 +305,11 @@ void Gpt2::run_forward(const int32_t* tokens, int B, int T) {
   be.copy_from_host(a.tokens, tokens);
   be.embedding_forward(a.encoded, a.tokens, params_->param("wte"), params_->param("wpe"), T, 0);
   const Tensor* x = &a.encoded;
-  if (altup_) altup_->widen(a.encoded, a.stream_in), x = &a.stream_in;
+  if (altup_) {
+    altup_->prepare(static_cast<int64_t>(B) * T);  // a decoding step may have changed its size
+    altup_->widen(a.encoded, a.stream_in);
+    x = &a.stream_in;
+  }
   for (size_t i = 0; i < blocks_.size(); ++i) {
     blocks_[i]->forward(*x, a.out[i]);
     x = &a.out[i];
@@ -382,54 +391,104 @@ void Gpt2::logits(const int32_t* tokens, int B, int T, std::vector<double>& out)
   }
 }
 
-bool Gpt2::can_decode() const {
-  if (altup_) return false;
-  for (const auto& b : blocks_)
-    if (!b->can_decode()) return false;
-  return true;
+void Gpt2::prepare_decode(int sequences, int max_rows) {
+  require(sequences >= 1 && max_rows >= 1, "prepare_decode: needs at least one sequence and one row");
+  const int64_t R = max_rows, C = cfg_.n_embd, V = cfg_.vocab_size;
+  const int64_t K = altup_ ? altup_->k() : 1, E = altup_ ? altup_->embedding_width() : C;
+  const int64_t W = std::min<int64_t>(R, sequences);
+  const DType f = dtype_;
+  auto layout = [&](Carver& c, DecodeState& d) {
+    d.tokens = c.take(Shape{R}, DType::I32), d.slot = c.take(Shape{R}, DType::I32);
+    d.pos = c.take(Shape{R}, DType::I32), d.want = c.take(Shape{R}, DType::I32);
+    d.x = c.take(Shape{K * R, C}, f), d.enc = c.take(Shape{R, E}, f), d.wpe_rows = c.take(Shape{R, E}, f);
+    d.summed = c.take(Shape{R, C}, f), d.last = c.take(Shape{W, C}, f), d.ln = c.take(Shape{W, C}, f);
+    d.mean = c.take(Shape{W}, f), d.rstd = c.take(Shape{W}, f), d.logits = c.take(Shape{W, V}, f);
+    if (altup_ && altup_->wide()) d.head = c.take(Shape{V, C}, f);
+  };
+  DecodeState plan;
+  Carver own_plan;
+  layout(own_plan, plan);
+  size_t scratch = 0;
+  for (auto& b : blocks_) {
+    Carver s;
+    b->prepare_decode(sequences, max_rows, s);
+    scratch = std::max(scratch, s.used());
+  }
+  dec_.reset();
+  auto d = std::make_unique<DecodeState>();
+  d->arena = std::make_unique<Arena>(backend_, own_plan.used() + scratch);
+  char* base = static_cast<char*>(d->arena->base());
+  Carver own(base, own_plan.used(), backend_.device());
+  layout(own, *d);
+  for (auto& b : blocks_) {
+    Carver s(base + own_plan.used(), scratch, backend_.device());
+    b->prepare_decode(sequences, max_rows, s);
+  }
+  d->sequences = sequences, d->max_rows = max_rows;
+  dec_ = std::move(d);
+}
+
+int Gpt2::decode_sequences() const { return dec_ ? dec_->sequences : 0; }
+
+void Gpt2::decode_step(const int32_t* tokens, const int32_t* slots, const int32_t* positions, int M,
+                       const std::vector<int>& logit_rows, std::vector<float>& out) {
+  require(dec_ != nullptr, "decode_step: call prepare_decode first");
+  DecodeState& d = *dec_;
+  require(M >= 1 && M <= d.max_rows, "decode_step: " + std::to_string(M) + " rows, the buffers hold " +
+                                         std::to_string(d.max_rows) + " (prepare_decode)");
+  const int W = static_cast<int>(logit_rows.size());
+  require(W >= 1 && W <= d.logits.shape[0],
+          "decode_step: logits of " + std::to_string(W) + " rows asked, at most " + std::to_string(d.logits.shape[0]));
+  for (int m = 0; m < M; ++m)
+    require(slots[m] >= 0 && slots[m] < d.sequences && positions[m] >= 0 && positions[m] < cfg_.n_ctx,
+            "decode_step: row " + std::to_string(m) + " (sequence " + std::to_string(slots[m]) + ", position " +
+                std::to_string(positions[m]) + ") is outside the caches (" + std::to_string(d.sequences) +
+                " sequences, context " + std::to_string(cfg_.n_ctx) + ")");
+  for (int r : logit_rows) require(r >= 0 && r < M, "decode_step: logit row " + std::to_string(r) + " out of range");
+  Backend& be = backend_;
+  const ParameterStore& P = *params_;
+  const int64_t K = altup_ ? altup_->k() : 1, V = cfg_.vocab_size;
+  auto rows = [](const Tensor& t, int64_t n) { return t.rows(0, n); };
+  const DecodeRows dr{M, rows(d.slot, M), rows(d.pos, M)};
+  be.copy_from_host(rows(d.tokens, M), tokens);
+  be.copy_from_host(dr.slot, slots);
+  be.copy_from_host(dr.pos, positions);
+  be.copy_from_host(rows(d.want, W), logit_rows.data());
+  // x = wte[token] + wpe[position], each row at its own position.
+  const Tensor enc = rows(d.enc, M);
+  be.gather_rows(enc, P.param("wte"), rows(d.tokens, M));
+  be.gather_rows(rows(d.wpe_rows, M), P.param("wpe"), dr.pos);
+  be.accumulate(enc, rows(d.wpe_rows, M));
+  Tensor x = enc;
+  if (altup_) {
+    altup_->prepare(M);
+    x = rows(d.x, K * M);
+    altup_->widen(enc, x);
+  }
+  for (auto& b : blocks_) b->decode(x, dr);
+  if (altup_) altup_->narrow(x, rows(d.summed, M)), x = rows(d.summed, M);
+  const Tensor last = rows(d.last, W), ln = rows(d.ln, W), lg = rows(d.logits, W);
+  be.gather_rows(last, x, rows(d.want, W));
+  be.layernorm_forward(ln, rows(d.mean, W), rows(d.rstd, W), last, P.param("ln_f_weight"), P.param("ln_f_bias"),
+                       cfg_.ln_eps);
+  Tensor head = P.param("wte");
+  if (altup_ && altup_->wide()) altup_->fold_head(head, d.head), head = d.head;
+  be.matmul_forward(lg, ln, head, Tensor{});
+  out.resize(static_cast<size_t>(W * V));
+  if (dtype_ == DType::F32) return be.copy_to_host(out.data(), lg);
+  std::vector<double> h(out.size());
+  be.copy_to_host(h.data(), lg);
+  for (size_t i = 0; i < h.size(); ++i) out[i] = static_cast<float>(h[i]);
 }
 
 void Gpt2::decode(const int32_t* tokens, int n, int pos, std::vector<float>& out) {
-  require(dtype_ == DType::F32, "decode needs an f32 model");
-  require(can_decode(), "decode: the KV cache serves models of dense blocks; this model recomputes the prefix");
   require(n >= 1 && pos >= 0 && pos + n <= cfg_.n_ctx, "decode: positions " + std::to_string(pos) + ".." +
                                                            std::to_string(pos + n - 1) + " exceed n_ctx " +
                                                            std::to_string(cfg_.n_ctx));
-  const int64_t R = cfg_.n_ctx, C = cfg_.n_embd, V = cfg_.vocab_size;
-  if (!dec_) {
-    auto layout = [&](Carver& c, DecodeState* d) {
-      const DType f = DType::F32;
-      DecodeState s;
-      s.tokens = c.take(Shape{R}, DType::I32), s.x = c.take(Shape{R, C}, f), s.logits = c.take(Shape{1, V}, f);
-      s.scratch = {c.take(Shape{R, C}, f),     c.take(Shape{R}, f),       c.take(Shape{R}, f),
-                   c.take(Shape{R, 3 * C}, f), c.take(Shape{R, C}, f),    c.take(Shape{R, C}, f),
-                   c.take(Shape{R, 4 * C}, f), c.take(Shape{R, 4 * C}, f)};
-      if (d) *d = std::move(s);
-    };
-    Carver plan;
-    layout(plan, nullptr);
-    auto d = std::make_unique<DecodeState>();
-    auto arena = std::make_unique<Arena>(backend_, plan.used());
-    Carver c(*arena);
-    layout(c, d.get());
-    d->arena = std::move(arena);
-    dec_ = std::move(d);
-  }
-  DecodeState& d = *dec_;
-  Backend& be = backend_;
-  const ParameterStore& P = *params_;
-  const Tensor x = d.x.rows(0, n);
-  be.copy_from_host(d.tokens.rows(0, n), tokens);
-  // positions pos..pos+n-1: the embedding's position is (row mod T) + pos0 with T = n.
-  be.embedding_forward(x, d.tokens.rows(0, n), P.param("wte"), P.param("wpe"), n, pos);
-  for (auto& b : blocks_) b->decode(x, pos, d.scratch);
-  const Tensor last = d.x.rows(n - 1, n);
-  const DecodeScratch& s = d.scratch;
-  be.layernorm_forward(s.ln.rows(0, 1), s.mean.rows(0, 1), s.rstd.rows(0, 1), last, P.param("ln_f_weight"),
-                       P.param("ln_f_bias"), cfg_.ln_eps);
-  be.matmul_forward(d.logits, s.ln.rows(0, 1), P.param("wte"), Tensor{});
-  out.resize(static_cast<size_t>(V));
-  be.copy_to_host(out.data(), d.logits);
+  if (!dec_ || dec_->max_rows < n) prepare_decode(std::max(1, decode_sequences()), cfg_.n_ctx);
+  std::vector<int32_t> slots(static_cast<size_t>(n), 0), positions(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = pos + i;
+  decode_step(tokens, slots.data(), positions.data(), n, {n - 1}, out);
 }
 
 void Gpt2::last_logits(const int32_t* tokens, int T, std::vector<float>& out) {

@@ -83,12 +83,23 @@ class Gpt2 {
   // Logits of the last position only [V], recomputing the whole prefix (the reference for
   // the cached path below).
   void last_logits(const int32_t* tokens, int T, std::vector<float>& out);
-  // Whether decode() works for this model (every block keeps a KV cache).
-  bool can_decode() const;
-  // Incremental decoding of one sequence with a KV cache: feeds n tokens at positions
+  // KV-cached decoding, for every block kind. prepare_decode allocates (and clears) caches
+  // for `sequences` sequences of up to n_ctx positions and buffers for steps of up to
+  // `max_rows` rows.
+  void prepare_decode(int sequences, int max_rows);
+  // One step over M rows: row m is token tokens[m] of sequence slots[m] at position
+  // positions[m] (a sequence's rows in increasing position order, its earlier positions
+  // decoded by earlier steps). Writes the logits of the rows listed in `logit_rows`, in that
+  // order, to `logits` [W, V]. A row's numbers do not depend on the other rows of the step
+  // when the backend is in batch-invariant mode (Backend::set_batch_invariant), which
+  // serving turns on for steps that mix sequences.
+  void decode_step(const int32_t* tokens, const int32_t* slots, const int32_t* positions, int M,
+                   const std::vector<int>& logit_rows, std::vector<float>& logits);
+  // Incremental decoding of one sequence (slot 0): feeds n tokens at positions
   // pos..pos+n-1 (the cache must hold positions 0..pos-1 from earlier calls; pos 0 starts
   // over) and returns the logits after the last one. pos + n must not exceed n_ctx.
   void decode(const int32_t* tokens, int n, int pos, std::vector<float>& out);
+  int decode_sequences() const;  // sequences the caches hold (0 before prepare_decode)
 
   // Parameters one token uses in a forward pass: the embeddings, ln_f and every block's
   // active parameters (a routed stage counts its chosen modules per step).

@@ -46,6 +46,9 @@ class AltUpLayer final : public Block {
   // x_in, x_out: the stream [K·N, C].
   void forward(const Tensor& x_in, const Tensor& x_out) override;
   void backward(const Tensor& x_in, const Tensor& dres, double loss_scale) override;
+  void prepare_decode(int sequences, int max_rows, Carver& scratch) override;
+  // x [K·M, C]: predict, the wrapped block decodes its input's rows, correct.
+  void decode(const Tensor& x, const DecodeRows& rows) override;
   int64_t active_parameters() const override;
   int attention_layers() const override { return inner_->attention_layers(); }
   double aux_loss() const override { return inner_->aux_loss(); }
@@ -58,12 +61,20 @@ class AltUpLayer final : public Block {
   double extra_flops_per_token() const override;
 
  private:
-  Tensor block(const Tensor& stream, int j) const { return stream.rows(j * N_, (j + 1) * N_); }
+  // Block j of a stream of N tokens.
+  static Tensor block(const Tensor& stream, int j, int64_t N) { return stream.rows(j * N, (j + 1) * N); }
   Tensor param(const char* name) const { return P_->param(std::string("altup/") + name)[layer_]; }
   Tensor grad(const char* name) const { return P_->grad(std::string("altup/") + name)[layer_]; }
-  // Gemma 3n's router: per-token p [N,K,K] and g [N,K] from the active block.
-  void coefficients_forward(const Tensor& active);
-  void coefficients_backward(const Tensor& active, const Tensor& dactive);
+  // One forward's tensors (training's, kept for backward, or a decoding step's).
+  struct Work {
+    Tensor xhat, y;                  // the prediction [K·N, C], the wrapped block's output [N, C]
+    Tensor r, rms, m, wp, wg, p, g;  // input_dependent: the router's stash, per-token p [N,K·K], g [N,K]
+    Work rows(int64_t M) const;      // for the first M tokens
+  };
+  Work carve(Carver& c, int64_t N) const;
+  // p and g for the step: static parameters, or Gemma 3n's router on the active block `xa`.
+  std::pair<Tensor, Tensor> coefficients_forward(const Tensor& xa, const Work& w, int64_t N);
+  void coefficients_backward(const Tensor& xa, const Tensor& dxa);
 
   AltUpConfig cfg_;
   ModelDims dims_;
@@ -73,9 +84,7 @@ class AltUpLayer final : public Block {
   int64_t N_ = 0;
   std::unique_ptr<Arena> constants_;  // input_dependent: vec(I) [K·K] and ones [K], the coefficient biases
   Tensor eye_, ones_;
-  // saved
-  Tensor xhat_, y_;
-  Tensor r_, rms_, m_, wp_, wg_, p_, g_;  // input_dependent: router stash and the per-token coefficients
+  Work train_, dec_;
   // scratch
   Tensor dxhat_, dy_, dp_, dg_, dm_, dz_, dr_, dwp_, dwg_;
 };
@@ -88,6 +97,7 @@ class AltUpStream {
   bool wide() const { return cfg_.wide; }
   // Width of the embedding tables: C (recycled) or K·C (wide).
   int embedding_width() const { return cfg_.wide ? cfg_.k * C_ : C_; }
+  // For N tokens (cheap when N is unchanged; decoding steps change it).
   void prepare(int64_t N);
   // encoded [N, embedding_width] -> stream [K·N, C], and its backward (dencoded is overwritten).
   void widen(const Tensor& encoded, const Tensor& stream);
@@ -105,8 +115,8 @@ class AltUpStream {
   Backend& be_;
   int C_, V_;
   int64_t N_ = -1;
-  std::unique_ptr<Arena> arena_;
-  Tensor to_blocks_, to_tokens_;     // wide: gather indices between token-major and block-major
+  std::unique_ptr<Arena> arena_, head_arena_;
+  Tensor to_blocks_, to_tokens_;     // wide: gather indices between token-major and block-major, for N
   Tensor head_slots_, head_spread_;  // wide: wte's K blocks -> head, and back
 };
 

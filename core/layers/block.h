@@ -13,6 +13,7 @@
 //      ∂L/∂x_out on entry and ∂L/∂x_in on return (in place, the residual stream's gradient).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -32,9 +33,19 @@ struct ModelDims {
   double resid_std = 0.02;  // init scale of the pre-LN residual projections (GPT-2's 0.02/sqrt(2·depth))
 };
 
-// Buffers of incremental decoding, shared by every block: n_ctx rows each.
-struct DecodeScratch {
-  Tensor ln, mean, rstd, qkv, att, branch, fc, gelu;
+// The rows of one decoding step (Gpt2::decode_step): row m is a token of sequence slot[m] at
+// position pos[m]. A sequence's rows come in increasing position order, and its positions
+// below its first row's were decoded by earlier steps.
+struct DecodeRows {
+  int64_t M = 0;
+  Tensor slot, pos;  // I32 [M], on the device
+};
+
+// One attention's keys and values for decoding: [sequences, n_ctx, C] each, zeroed.
+struct KvCache {
+  std::unique_ptr<Arena> arena;
+  Tensor k, v;
+  void allocate(Backend& be, int sequences, int n_ctx, int C, DType dtype);
 };
 
 class Block {
@@ -71,10 +82,13 @@ class Block {
   virtual parallel::ExchangeStats exchange_stats() const { return {}; }
   virtual void reset_exchange_stats() {}
 
-  // KV-cached decoding of one sequence: x [n, C] holds rows for positions pos..pos+n-1 and is
-  // updated in place. Blocks that cannot decode make the model recompute the prefix.
-  virtual bool can_decode() const { return false; }
-  virtual void decode(const Tensor& x, int pos, const DecodeScratch& scratch);
+  // KV-cached decoding, several sequences at a time. prepare_decode allocates (and clears)
+  // caches for `sequences` sequences of up to n_ctx positions (the block's own arena) and
+  // carves the temporaries of steps of up to `max_rows` rows from `scratch`, a region every
+  // block shares (called with a planning carver first, to size it). decode updates x
+  // [M, C] (AltUp: [K·M, C]) in place; each row attends over its own sequence's cache.
+  virtual void prepare_decode(int sequences, int max_rows, Carver& scratch) = 0;
+  virtual void decode(const Tensor& x, const DecodeRows& rows) = 0;
 };
 
 }  // namespace mom

@@ -78,28 +78,29 @@ void DenseBlock::backward(const Tensor& x, const Tensor& dres, double) {
                               {B_, T_, dims_.n_head, dims_.eps});
 }
 
-void DenseBlock::decode(const Tensor& x, int pos, const DecodeScratch& d) {
+void DenseBlock::prepare_decode(int sequences, int max_rows, Carver& scratch) {
+  const int64_t R = max_rows, C = dims_.C;
+  const DType f = P_->dtype();
+  auto t = [&](Shape sh) { return scratch.take(sh, f); };
+  dattn_ = {t({R, C}), t({R}), t({R}), t({R, 3 * C}), t({R, C}), Tensor{}};
+  dmlp_ = {dattn_.ln, dattn_.ln_mean, dattn_.ln_rstd, t({R, 4 * C}), t({R, 4 * C})};
+  dbranch_ = t({R, C});
+  if (!scratch.planning()) cache_.allocate(P_->backend(), sequences, dims_.n_ctx, dims_.C, f);
+}
+
+void DenseBlock::decode(const Tensor& x, const DecodeRows& r) {
   Backend& be = P_->backend();
-  if (!cache_) {
-    const Shape RC{dims_.n_ctx, dims_.C};
-    ArenaPlan plan;
-    plan.add(RC, DType::F32);
-    plan.add(RC, DType::F32);
-    cache_ = std::make_unique<Arena>(be, plan.bytes());
-    kcache_ = cache_->alloc(RC, DType::F32);
-    vcache_ = cache_->alloc(RC, DType::F32);
-  }
-  const int64_t n = x.shape[0];
-  auto rows = [n](const Tensor& t) { return t.rows(0, n); };
+  const int64_t M = r.M;
+  auto rows = [M](const Tensor& t) { return t.rows(0, M); };
   const AttentionWeights aw = attn_weights(false);
-  be.layernorm_forward(rows(d.ln), rows(d.mean), rows(d.rstd), x, aw.ln_w, aw.ln_b, dims_.eps);
-  be.matmul_forward(rows(d.qkv), rows(d.ln), aw.qkv_w, aw.qkv_b);
-  be.attention_forward_cached(rows(d.att), rows(d.qkv), kcache_, vcache_, pos, dims_.n_head);
-  be.matmul_forward(rows(d.branch), rows(d.att), aw.proj_w, aw.proj_b);
-  be.accumulate(x, rows(d.branch));
-  const MlpStash ms{rows(d.ln), rows(d.mean), rows(d.rstd), rows(d.fc), rows(d.gelu)};
-  mlp_sublayer_forward(be, mlp_weights(false), ms, x, rows(d.branch), dims_.eps);
-  be.accumulate(x, rows(d.branch));
+  be.layernorm_forward(rows(dattn_.ln), rows(dattn_.ln_mean), rows(dattn_.ln_rstd), x, aw.ln_w, aw.ln_b, dims_.eps);
+  be.matmul_forward(rows(dattn_.qkv), rows(dattn_.ln), aw.qkv_w, aw.qkv_b);
+  be.attention_forward_cached(rows(dattn_.atty), rows(dattn_.qkv), cache_.k, cache_.v, r.slot, r.pos, dims_.n_head);
+  be.matmul_forward(rows(dbranch_), rows(dattn_.atty), aw.proj_w, aw.proj_b);
+  be.accumulate(x, rows(dbranch_));
+  const MlpStash ms{rows(dmlp_.ln), rows(dmlp_.ln_mean), rows(dmlp_.ln_rstd), rows(dmlp_.fc), rows(dmlp_.gelu)};
+  mlp_sublayer_forward(be, mlp_weights(false), ms, x, rows(dbranch_), dims_.eps);
+  be.accumulate(x, rows(dbranch_));
 }
 
 }  // namespace mom

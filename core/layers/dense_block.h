@@ -24,8 +24,8 @@ class DenseBlock final : public Block {
   void backward(const Tensor& x_in, const Tensor& dres, double loss_scale) override;
   int64_t active_parameters() const override;
   int attention_layers() const override { return 1; }
-  bool can_decode() const override { return true; }
-  void decode(const Tensor& x, int pos, const DecodeScratch& s) override;
+  void prepare_decode(int sequences, int max_rows, Carver& scratch) override;
+  void decode(const Tensor& x, const DecodeRows& rows) override;
 
  private:
   AttentionWeights attn_weights(bool grads) const;
@@ -40,9 +40,11 @@ class DenseBlock final : public Block {
   Tensor resid_mid_;  // x + attn, kept for the MLP's backward
   AttentionScratch attn_scratch_;
   MlpScratch mlp_scratch_;
-  Tensor branch_;                 // a sub-layer's output before the residual add (scratch)
-  std::unique_ptr<Arena> cache_;  // decoding: keys and values of positions 0..n_ctx-1
-  Tensor kcache_, vcache_;
+  Tensor branch_;         // a sub-layer's output before the residual add (scratch)
+  KvCache cache_;         // decoding
+  AttentionStash dattn_;  // decoding temporaries (probs unused)
+  MlpStash dmlp_;
+  Tensor dbranch_;
 };
 
 }  // namespace mom

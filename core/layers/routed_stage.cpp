@@ -172,8 +172,16 @@ struct RoutedStage::Impl {
     return {g("ln_weight"), g("ln_bias"), g("fc_weight"), g("fc_bias"), g("proj_weight"), g("proj_bias")};
   }
 
-  void prepare(int B_, int T_) {
-    if (arena && B_ == B && T_ == T) return;
+  // Decoding: the step's rows while decode() runs (null when training), and each assembly
+  // step's keys and values (one cache for MoE's dense attention).
+  const DecodeRows* decoding = nullptr;
+  bool laid_out_for_decoding = false;
+  std::vector<KvCache> caches;
+
+  // Storage for B·T tokens (decoding: for a step's rows, without what only backward needs).
+  void prepare(int B_, int T_, bool for_decoding = false) {
+    if (arena && B_ == B && T_ == T && for_decoding == laid_out_for_decoding) return;
+    laid_out_for_decoding = for_decoding;
     B = B_, T = T_, N = B * T;
     const int64_t n = N, Ma = n * Ka, Mf = n * Kf, c = C, H = cfg.steps;
     const int64_t max_classes = std::max(classes_of(cfg, cfg.attn_modules), classes_of(cfg, cfg.ffn_modules));
@@ -190,7 +198,8 @@ struct RoutedStage::Impl {
           side->rows = t(Shape{n * K}, i32), side->slot = t(Shape{n, K}, i32), side->weight = t(Shape{n, K}, f);
         }
         s.a_rows = t(Shape{Ma, c}, f), s.a_qkv_rows = t(Shape{Ma, 3 * c}, f), s.qkv = t(Shape{n, 3 * c}, f);
-        s.probs = t(Shape{B, n_head, T, T}, f), s.att = t(Shape{n, c}, f);
+        s.probs = for_decoding ? Tensor{} : t(Shape{B, n_head, T, T}, f);
+        s.att = t(Shape{n, c}, f);
         s.o_rows = t(Shape{Ma, c}, f), s.proj_rows = t(Shape{Ma, c}, f);
         s.f_rows = t(Shape{Mf, c}, f), s.f_out = t(Shape{Mf, c}, f);
         // The attention LN stash is needed in plan order by Single routing (the dense
@@ -255,7 +264,8 @@ struct RoutedStage::Impl {
       side.sel.weight.assign(static_cast<size_t>(N), 1.0);
       for (int t = 0; t < N; ++t) side.sel.probs[static_cast<size_t>(t) * classes + side.sel.choice[t]] = 1.0;
     }
-    const router::CapacityConfig cap = is_ffn ? cfg.capacity : router::CapacityConfig{};
+    // Decoding is dropless: a token's route must not depend on the other rows of its step.
+    const router::CapacityConfig cap = is_ffn && !decoding ? cfg.capacity : router::CapacityConfig{};
     side.plan = router::make_plan(side.sel, modules, cap);
     side.stats = router::routing_stats(side.sel, side.plan, modules);
     be().copy_from_host(side.rows.rows(0, side.plan.M()), side.plan.rows.data());
@@ -352,7 +362,16 @@ struct RoutedStage::Impl {
       if (cfg.attn_routing == RoutingMode::Single) {
         // One module, every token, weight 1 (MoE's attention): the dense sub-layer itself, no
         // dispatch.
-        attention_sublayer_forward(b, attn_weights(0, false), single_stash(s), x, branch, {B, T, n_head, eps});
+        if (decoding) {
+          const AttentionWeights w = attn_weights(0, false);
+          const AttentionStash st = single_stash(s);
+          b.layernorm_forward(st.ln, st.ln_mean, st.ln_rstd, x, w.ln_w, w.ln_b, eps);
+          b.matmul_forward(st.qkv, st.ln, w.qkv_w, w.qkv_b);
+          b.attention_forward_cached(st.atty, st.qkv, caches[0].k, caches[0].v, decoding->slot, decoding->pos, n_head);
+          b.matmul_forward(branch, st.atty, w.proj_w, w.proj_b);
+        } else {
+          attention_sublayer_forward(b, attn_weights(0, false), single_stash(s), x, branch, {B, T, n_head, eps});
+        }
         b.accumulate(x, branch);
       } else {
         route(s.attn, cfg.attn_routing, router_attn.get(), cfg.attn_modules, Ka, h, x, false);
@@ -370,7 +389,10 @@ struct RoutedStage::Impl {
         to_sources(ex, s.attn, s.a_qkv, s.a_qkv_rows.rows(0, Ma));
         b.zero(s.qkv);
         b.combine_rows(s.qkv, s.a_qkv_rows, s.attn.slot, cfg.weighted_qkv ? s.attn.weight : Tensor{});
-        b.attention_forward(s.att.reshaped(Shape{B, T, C}), s.probs, s.qkv.reshaped(Shape{B, T, 3 * C}), n_head);
+        if (decoding)
+          b.attention_forward_cached(s.att, s.qkv, caches[h].k, caches[h].v, decoding->slot, decoding->pos, n_head);
+        else
+          b.attention_forward(s.att.reshaped(Shape{B, T, C}), s.probs, s.qkv.reshaped(Shape{B, T, 3 * C}), n_head);
         b.gather_rows(s.o_rows.rows(0, Ma), s.att, s.attn.rows.rows(0, Ma));
         to_owners(ex, s.attn, s.o_rows.rows(0, Ma), s.o_in);
         for_modules(s.attn, local_attn, [&](int l, int64_t r0, int64_t r1) {
@@ -577,10 +599,29 @@ void RoutedStage::bind(const ParameterStore& params) {
 }
 
 void RoutedStage::layout(int B, int T, Carver& saved, Carver&) {
-  if (!saved.planning()) impl_->prepare(B, T);
+  if (saved.planning()) return;
+  train_B_ = B, train_T_ = T;
+  impl_->prepare(B, T);
 }
 
-void RoutedStage::forward(const Tensor& x_in, const Tensor& x_out) { impl_->forward(x_in, x_out); }
+void RoutedStage::forward(const Tensor& x_in, const Tensor& x_out) {
+  impl_->prepare(train_B_, train_T_);  // again if a decoding step used the storage since
+  impl_->forward(x_in, x_out);
+}
+
+void RoutedStage::prepare_decode(int sequences, int, Carver& scratch) {
+  if (scratch.planning()) return;  // the stage sizes its step tensors itself, per step
+  impl_->caches.clear();
+  impl_->caches.resize(cfg_.attn_routing == RoutingMode::Single ? 1 : static_cast<size_t>(cfg_.steps));
+  for (KvCache& c : impl_->caches) c.allocate(impl_->be(), sequences, dims_.n_ctx, dims_.C, impl_->P.dtype());
+}
+
+void RoutedStage::decode(const Tensor& x, const DecodeRows& rows) {
+  impl_->prepare(1, static_cast<int>(rows.M), /*for_decoding=*/true);
+  impl_->decoding = &rows;
+  impl_->forward(x, x);
+  impl_->decoding = nullptr;
+}
 
 void RoutedStage::backward(const Tensor&, const Tensor& dres, double loss_scale) { impl_->backward(dres, loss_scale); }
 

@@ -91,6 +91,10 @@ class RoutedStage final : public Block {
   void layout(int B, int T, Carver& saved, Carver& scratch) override;
   void forward(const Tensor& x_in, const Tensor& x_out) override;
   void backward(const Tensor& x_in, const Tensor& dres, double loss_scale) override;
+  // A MoM chunk caches, per assembly step, the keys and values each token produced with its
+  // own modules; an MoE layer's attention is dense and cached as usual. Decoding is dropless.
+  void prepare_decode(int sequences, int max_rows, Carver& scratch) override;
+  void decode(const Tensor& x, const DecodeRows& rows) override;
   // Everything outside the pools, plus per assembly step top_k attention and top_k FFN
   // modules, the routers and the shared expert (nominal: SKIP choices make the real count lower).
   int64_t active_parameters() const override;
@@ -119,6 +123,7 @@ class RoutedStage final : public Block {
   std::string prefix_;
   double aux_scale_;
   Communicator* ep_;
+  int train_B_ = 0, train_T_ = 0;  // the batch shape layout() last prepared
 };
 
 }  // namespace mom

@@ -9,37 +9,35 @@ SasPBlock::SasPBlock(const SimplifiedConfig& cfg, const ModelDims& dims, int ind
 
 void SasPBlock::layout(int B, int T, Carver& saved, Carver& scratch) {
   const int64_t N = static_cast<int64_t>(B) * T, C = dims_.C;
-  const DType f = P_->dtype();
   layout_branches(B, T, saved, scratch);
-  n1_ = norm_stash(norm1_kind(), saved, N, C, f);
-  a_ = saved.take(Shape{N, C}, f), m_ = saved.take(Shape{N, C}, f);
-  for (Tensor* t : {&da_, &dm_, &du_}) *t = scratch.take(Shape{N, C}, f);
+  for (Tensor* t : {&da_, &dm_, &du_}) *t = scratch.take(Shape{N, C}, P_->dtype());
 }
 
-void SasPBlock::forward(const Tensor& x, const Tensor& y) {
+void SasPBlock::forward_work(const Tensor& x, const Tensor& y, const Work& w, const DecodeRows* rows) {
   Backend& b = be();
-  norm_forward(b, norm1_kind(), norm_w("norm1", norm1_kind(), false), n1_, x, dims_.eps);
-  const Tensor& u = norm_output(norm1_kind(), n1_, x);
-  attention_forward(u, a_);
-  mlp_forward(u, m_);
+  norm_forward(b, norm1_kind(), norm_w("norm1", norm1_kind(), false), w.n1, x, dims_.eps);
+  const Tensor& u = norm_output(norm1_kind(), w.n1, x);
+  attention_forward(u, w.a, w, rows);
+  mlp_forward(u, w.m, w);
   b.zero(y);
-  b.scaled_accumulate(y, a_, param("gain_sa"));
-  b.scaled_accumulate(y, m_, param("gain_ff"));
+  b.scaled_accumulate(y, w.a, param("gain_sa"));
+  b.scaled_accumulate(y, w.m, param("gain_ff"));
 }
 
 void SasPBlock::backward(const Tensor& x, const Tensor& dres, double) {
   Backend& b = be();
+  const Work& w = train_;
   b.zero(da_);
-  b.scaled_accumulate_backward(da_, grad("gain_sa"), dres, a_, param("gain_sa"));
+  b.scaled_accumulate_backward(da_, grad("gain_sa"), dres, w.a, param("gain_sa"));
   b.zero(dm_);
-  b.scaled_accumulate_backward(dm_, grad("gain_ff"), dres, m_, param("gain_ff"));
-  const Tensor& u = norm_output(norm1_kind(), n1_, x);
+  b.scaled_accumulate_backward(dm_, grad("gain_ff"), dres, w.m, param("gain_ff"));
+  const Tensor& u = norm_output(norm1_kind(), w.n1, x);
   b.zero(du_);
   attention_backward(u, da_, du_);
   mlp_backward(u, dm_, du_);
   b.zero(dres);
-  norm_backward(b, norm1_kind(), norm_w("norm1", norm1_kind(), false), norm_w("norm1", norm1_kind(), true), n1_, x, du_,
-                dres, dims_.eps);
+  norm_backward(b, norm1_kind(), norm_w("norm1", norm1_kind(), false), norm_w("norm1", norm1_kind(), true), w.n1, x,
+                du_, dres, dims_.eps);
 }
 
 }  // namespace mom

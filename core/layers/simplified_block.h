@@ -32,12 +32,29 @@ class SimplifiedBlock : public Block {
   void bind(const ParameterStore& params) override { P_ = &params; }
   int64_t active_parameters() const override;
   int attention_layers() const override { return 1; }
+  void forward(const Tensor& x_in, const Tensor& x_out) override { forward_work(x_in, x_out, train_, nullptr); }
+  void prepare_decode(int sequences, int max_rows, Carver& scratch) override;
+  void decode(const Tensor& x, const DecodeRows& rows) override;
 
  protected:
   // `kind` "sas" or "sas_p"; `index` the block's number among that kind; `first`: the first
   // block of its stack entry (value projection; the LayerNorm when the norm is none).
   SimplifiedBlock(const SimplifiedConfig& cfg, const ModelDims& dims, const std::string& kind, int index, bool first,
                   bool second_norm);
+
+  // One forward's tensors: training's (kept for backward) or a decoding step's (probs, and
+  // n2 and xhat for SAS-P, left empty where nothing needs them).
+  struct Work {
+    NormStash n1, n2;
+    Tensor qk, v, vproj, probs;  // attention (v, vproj: first block only; probs: training)
+    Tensor fc, act;              // MLP
+    Tensor a, xhat, m, y;        // SA's output, β_SA·a (SAS), the MLP's output, decoding's result
+    Work rows(int64_t M) const;  // the first M rows of each
+  };
+  // A Work for N tokens: training (B·T rows, probs [B, nh, T, T]) or decoding (N = max rows).
+  Work carve(Carver& c, int64_t N, int B, int T, bool decoding) const;
+  // The kind's wiring of the branches (sas_block.cpp, sas_p_block.cpp): y from x.
+  virtual void forward_work(const Tensor& x, const Tensor& y, const Work& w, const DecodeRows* rows) = 0;
 
   Tensor param(const char* name) const { return P_->param(prefix_ + name); }
   Tensor grad(const char* name) const { return P_->grad(prefix_ + name); }
@@ -48,14 +65,15 @@ class SimplifiedBlock : public Block {
   }
   Backend& be() const { return P_->backend(); }
 
-  // Shared tensors: the attention and MLP branches' stashes and scratch for B·T tokens.
+  // The training tensors of both kinds and the branches' backward scratch for B·T tokens.
   void layout_branches(int B, int T, Carver& saved, Carver& scratch);
-  // a = SA(u) over [B·T, C]; backward: du += ∂L/∂u from da (da is left unchanged).
-  void attention_forward(const Tensor& u, const Tensor& a);
+  // a = SA(u) over the rows of `w`: the whole causal sequence (rows null: training) or each
+  // row against its sequence's cache (decoding). Backward (training): du += ∂L/∂u from da.
+  void attention_forward(const Tensor& u, const Tensor& a, const Work& w, const DecodeRows* rows);
   void attention_backward(const Tensor& u, const Tensor& da, const Tensor& du);
-  // m = MLP(w); backward: dw += ∂L/∂w from dm.
-  void mlp_forward(const Tensor& w, const Tensor& m);
-  void mlp_backward(const Tensor& w, const Tensor& dm, const Tensor& dw);
+  // m = MLP(in); backward: din += ∂L/∂in from dm.
+  void mlp_forward(const Tensor& in, const Tensor& m, const Work& w);
+  void mlp_backward(const Tensor& in, const Tensor& dm, const Tensor& din);
 
   SimplifiedConfig cfg_;
   ModelDims dims_;
@@ -64,11 +82,11 @@ class SimplifiedBlock : public Block {
   NormKind norm1_, norm2_;
   const ParameterStore* P_ = nullptr;
   int B_ = 0, T_ = 0;
+  Work train_, dec_;
+  KvCache cache_;  // decoding: the keys and the values (u, or the first block's mixed values)
 
  private:
-  Tensor qk_, v_, vproj_, probs_;  // attention stash (v_, vproj_: first block only)
-  Tensor fc_, act_;                // MLP stash
-  Tensor dqk_, dv_, dfc_, dact_;   // scratch
+  Tensor dqk_, dv_, dfc_, dact_;  // backward scratch of the branches
 };
 
 // SAS: the sequential block (norms N1 and N2).
@@ -76,12 +94,10 @@ class SasBlock final : public SimplifiedBlock {
  public:
   SasBlock(const SimplifiedConfig& cfg, const ModelDims& dims, int index, bool first);
   void layout(int B, int T, Carver& saved, Carver& scratch) override;
-  void forward(const Tensor& x_in, const Tensor& x_out) override;
   void backward(const Tensor& x_in, const Tensor& dres, double loss_scale) override;
 
  private:
-  NormStash n1_, n2_;
-  Tensor a_, xhat_, m_;               // SA's output, β_SA·a, the MLP's output
+  void forward_work(const Tensor& x, const Tensor& y, const Work& w, const DecodeRows* rows) override;
   Tensor dm_, dxhat_, dw_, da_, du_;  // scratch
 };
 
@@ -90,12 +106,10 @@ class SasPBlock final : public SimplifiedBlock {
  public:
   SasPBlock(const SimplifiedConfig& cfg, const ModelDims& dims, int index, bool first);
   void layout(int B, int T, Carver& saved, Carver& scratch) override;
-  void forward(const Tensor& x_in, const Tensor& x_out) override;
   void backward(const Tensor& x_in, const Tensor& dres, double loss_scale) override;
 
  private:
-  NormStash n1_;
-  Tensor a_, m_;         // the two branches' outputs
+  void forward_work(const Tensor& x, const Tensor& y, const Work& w, const DecodeRows* rows) override;
   Tensor da_, dm_, du_;  // scratch
 };
 

@@ -247,49 +247,84 @@ void CpuBackend::shaped_attention_backward(const Tensor& dqk, const Tensor& dv, 
   });
 }
 
-// Generation: a handful of new rows against a growing cache, so plain loops over (row,
-// head) beat GEMM set-up; each new token costs one pass over the cache, not the prefix.
-void CpuBackend::attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache,
-                                          const Tensor& vcache, int pos0, int n_head) {
-  const int64_t M = qkv.shape[0], C3 = qkv.shape[1], C = C3 / 3, hd = C / n_head;
-  cpu::dispatch_float(qkv.dtype, [&](auto zero) {
-    using T_ = decltype(zero);
-    const T_ scale = T_(1) / std::sqrt(static_cast<T_>(hd));
-    const T_* q = qkv.ptr<T_>();
-    T_* kc = kcache.ptr<T_>();
-    T_* vc = vcache.ptr<T_>();
-    T_* o = out.ptr<T_>();
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t c = 0; c < C; ++c) {
-        kc[(pos0 + i) * C + c] = q[i * C3 + C + c];
-        vc[(pos0 + i) * C + c] = q[i * C3 + 2 * C + c];
-      }
+// Decoding: a handful of new rows, each of its own sequence, against that sequence's cache.
+// Plain loops over (row, head) beat GEMM set-up here, and each (row, head) is computed whole
+// by one thread from its own sequence's rows, so a row's bits do not depend on which other
+// rows share the step (the batch-invariance serving needs). Each new token costs one pass
+// over its cache, not over the prefix.
+namespace {
+
+template <class T>
+void cached_rows(T* out, const T* q, const T* k, int64_t ld_qk, const T* v, int64_t ld_v, T* kc, T* vc,
+                 const int32_t* slot, const int32_t* pos, int64_t M, int64_t C, int64_t n_ctx, int n_head,
+                 const T* alpha, const T* beta, const T* gamma) {
+  const int64_t hd = C / n_head;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  auto cache_row = [&](T* cache, int64_t m) { return cache + (static_cast<int64_t>(slot[m]) * n_ctx + pos[m]) * C; };
+  // Every row's key and value first: a later row of the same sequence attends to them.
+#pragma omp parallel for schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    std::copy(k + m * ld_qk, k + m * ld_qk + C, cache_row(kc, m));
+    std::copy(v + m * ld_v, v + m * ld_v + C, cache_row(vc, m));
+  }
 #pragma omp parallel
-    {
-      std::vector<T_> score(static_cast<size_t>(pos0 + M));
+  {
+    std::vector<T> score(static_cast<size_t>(n_ctx));
 #pragma omp for schedule(static)
-      for (int64_t ih = 0; ih < M * n_head; ++ih) {
-        const int64_t i = ih / n_head, h = ih % n_head, last = pos0 + i;
-        const T_* qi = q + i * C3 + h * hd;
-        T_ mx = std::numeric_limits<T_>::lowest();  // finite: this file builds with -ffast-math
-        for (int64_t j = 0; j <= last; ++j) {
-          const T_* kj = kc + j * C + h * hd;
-          T_ s = 0;
-          for (int64_t d = 0; d < hd; ++d) s += qi[d] * kj[d];
-          score[j] = s * scale;
-          mx = std::max(mx, score[j]);
-        }
-        T_ sum = 0;
-        for (int64_t j = 0; j <= last; ++j) sum += score[j] = std::exp(score[j] - mx);
-        T_* oi = o + i * C + h * hd;
-        for (int64_t d = 0; d < hd; ++d) oi[d] = 0;
-        for (int64_t j = 0; j <= last; ++j) {
-          const T_ p = score[j] / sum;
-          const T_* vj = vc + j * C + h * hd;
-          for (int64_t d = 0; d < hd; ++d) oi[d] += p * vj[d];
-        }
+    for (int64_t mh = 0; mh < M * n_head; ++mh) {
+      const int64_t m = mh / n_head, h = mh % n_head, last = pos[m];
+      const T* kseq = kc + static_cast<int64_t>(slot[m]) * n_ctx * C + h * hd;
+      const T* vseq = vc + static_cast<int64_t>(slot[m]) * n_ctx * C + h * hd;
+      const T* qi = q + m * ld_qk + h * hd;
+      T mx = std::numeric_limits<T>::lowest();  // finite: this file builds with -ffast-math
+      for (int64_t j = 0; j <= last; ++j) {
+        T s = 0;
+        for (int64_t d = 0; d < hd; ++d) s += qi[d] * kseq[j * C + d];
+        score[j] = s * scale;
+        mx = std::max(mx, score[j]);
       }
+      T sum = 0;
+      for (int64_t j = 0; j <= last; ++j) sum += score[j] = std::exp(score[j] - mx);
+      const T norm = inv(sum), b = beta ? beta[h] : T(1);
+      T* oi = out + m * C + h * hd;
+      for (int64_t d = 0; d < hd; ++d) oi[d] = 0;
+      for (int64_t j = 0; j <= last; ++j) {
+        const T p = b * score[j] * norm;
+        for (int64_t d = 0; d < hd; ++d) oi[d] += p * vseq[j * C + d];
+      }
+      if (!alpha) continue;
+      // Shaped: + α·v_i − γ·mean of the prefix's values.
+      const T g = gamma[h] * inv(static_cast<T>(last + 1));
+      for (int64_t j = 0; j <= last; ++j)
+        for (int64_t d = 0; d < hd; ++d) oi[d] -= g * vseq[j * C + d];
+      for (int64_t d = 0; d < hd; ++d) oi[d] += alpha[h] * vseq[last * C + d];
     }
+  }
+}
+
+}  // namespace
+
+void CpuBackend::attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache,
+                                          const Tensor& vcache, const Tensor& slot, const Tensor& pos, int n_head) {
+  const int64_t M = qkv.shape[0], C = qkv.shape[1] / 3, n_ctx = kcache.shape[1];
+  cpu::dispatch_float(qkv.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    const T* q = qkv.ptr<T>();
+    cached_rows<T>(out.ptr<T>(), q, q + C, 3 * C, q + 2 * C, 3 * C, kcache.ptr<T>(), vcache.ptr<T>(),
+                   slot.ptr<int32_t>(), pos.ptr<int32_t>(), M, C, n_ctx, n_head, nullptr, nullptr, nullptr);
+  });
+}
+
+void CpuBackend::shaped_attention_forward_cached(const Tensor& out, const Tensor& qk, const Tensor& v,
+                                                 const Tensor& kcache, const Tensor& vcache, const Tensor& slot,
+                                                 const Tensor& pos, const Tensor& alpha, const Tensor& beta,
+                                                 const Tensor& gamma, int n_head) {
+  const int64_t M = qk.shape[0], C = qk.shape[1] / 2, n_ctx = kcache.shape[1];
+  cpu::dispatch_float(qk.dtype, [&](auto zero) {
+    using T = decltype(zero);
+    const T* q = qk.ptr<T>();
+    cached_rows<T>(out.ptr<T>(), q, q + C, 2 * C, v.ptr<T>(), C, kcache.ptr<T>(), vcache.ptr<T>(), slot.ptr<int32_t>(),
+                   pos.ptr<int32_t>(), M, C, n_ctx, n_head, alpha.ptr<T>(), beta.ptr<T>(), gamma.ptr<T>());
   });
 }
 

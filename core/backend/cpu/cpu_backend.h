@@ -50,7 +50,10 @@ class CpuBackend final : public Backend {
   void attention_backward(const Tensor& dqkv, const Tensor& dout, const Tensor& qkv, const Tensor& probs,
                           int n_head) override;
   void attention_forward_cached(const Tensor& out, const Tensor& qkv, const Tensor& kcache, const Tensor& vcache,
-                                int pos0, int n_head) override;
+                                const Tensor& slot, const Tensor& pos, int n_head) override;
+  void shaped_attention_forward_cached(const Tensor& out, const Tensor& qk, const Tensor& v, const Tensor& kcache,
+                                       const Tensor& vcache, const Tensor& slot, const Tensor& pos, const Tensor& alpha,
+                                       const Tensor& beta, const Tensor& gamma, int n_head) override;
   void rmsnorm_forward(const Tensor& out, const Tensor& rms, const Tensor& inp, const Tensor& weight,
                        double eps) override;
   void rmsnorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dout, const Tensor& inp,
