@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/sampling.h"
 
 namespace mom {
 
@@ -14,12 +16,12 @@ std::vector<int32_t> generate(Gpt2& model, const std::vector<int32_t>& prompt, c
   require(!prompt.empty(), "generate: the prompt must hold at least one token");
   require(opt.temperature >= 0, "generate: --temperature must be >= 0");
   require(opt.top_k >= 0, "generate: --top-k must be >= 0");
+  require(opt.top_p > 0 && opt.top_p <= 1, "generate: --top-p must be in (0, 1]");
   Rng rng(opt.seed);
-  std::vector<int32_t> seq = prompt, out;
+  std::vector<int32_t> seq = prompt, out, order;
   std::vector<float> logits;
   const int V = model.config().vocab_size, ctx = model.config().n_ctx;
-  std::vector<int32_t> order(static_cast<size_t>(V));
-  std::vector<double> probs;
+  const SamplingParams sampling{opt.temperature, opt.top_k, opt.top_p};
   // The prompt may be longer than the context: the window starts at its newest n_ctx tokens.
   int window_start = std::max(0, static_cast<int>(seq.size()) - ctx);
   int cached = 0;  // positions of seq[window_start..] already in the KV cache
@@ -35,32 +37,15 @@ std::vector<int32_t> generate(Gpt2& model, const std::vector<int32_t>& prompt, c
         cached = 0;
         fresh = keep;
       }
+      // A prefill runs alone on the fast kernels; single tokens run in batch-invariant mode,
+      // as the routing service runs them beside other requests (router/service/engine.h), so
+      // both give the same text.
+      std::optional<BatchInvariant> invariant;
+      if (cached > 0) invariant.emplace(model.backend());
       model.decode(seq.data() + window_start + cached, fresh, cached, logits);
       cached += fresh;
     }
-    int32_t next;
-    if (opt.temperature == 0) {
-      next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    } else {
-      // Candidates sorted by logit (ties by id, so the choice is reproducible), cut to top_k.
-      std::iota(order.begin(), order.end(), 0);
-      const int k = opt.top_k > 0 ? std::min(opt.top_k, V) : V;
-      auto by_logit = [&](int32_t a, int32_t b) { return logits[a] != logits[b] ? logits[a] > logits[b] : a < b; };
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), by_logit);
-      probs.assign(static_cast<size_t>(k), 0.0);
-      const double mx = logits[order[0]];
-      double sum = 0;
-      for (int j = 0; j < k; ++j) sum += probs[j] = std::exp((logits[order[j]] - mx) / opt.temperature);
-      double u = rng.uniform() * sum;
-      next = order[k - 1];
-      for (int j = 0; j < k; ++j) {
-        if (u < probs[j]) {
-          next = order[j];
-          break;
-        }
-        u -= probs[j];
-      }
-    }
+    const int32_t next = sample_token(logits.data(), V, sampling, rng, order);
     if (next == opt.stop_token) break;
     seq.push_back(next);
     out.push_back(next);

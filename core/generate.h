@@ -1,4 +1,4 @@
-// Autoregressive sampling from a Gpt2: temperature, top-k, a seed, and a stop token.
+// Autoregressive sampling from a Gpt2: temperature, top-k, top-p, a seed, and a stop token.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -12,6 +12,7 @@ struct SampleOptions {
   int max_new_tokens = 128;
   double temperature = 1.0;  // 0: greedy
   int top_k = 0;             // 0: the whole vocabulary
+  double top_p = 1.0;        // nucleus sampling (core/sampling.h)
   uint64_t seed = 1337;
   int32_t stop_token = -1;   // e.g. <|endoftext|>; -1: none
   bool kv_cache = true;      // false: recompute the whole prefix for every token (reference)

@@ -28,6 +28,8 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("-k,--top-k", args->sample.top_k, "Sample among the k most likely tokens (0: all)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", args->sample.top_p, "Nucleus sampling: the smallest set of tokens with this probability")
+      ->check(CLI::Range(1e-9, 1.0));
   cmd->add_option("-s,--seed", args->sample.seed, "Random seed");
   cmd->add_flag("--no-stop", args->no_stop, "Do not stop at <|endoftext|>");
   cmd->add_option("--tokenizer", args->tokenizer, "Folder with vocab.json+merges.txt or encoder.json+vocab.bpe");
