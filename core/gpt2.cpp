@@ -344,6 +344,16 @@ double Gpt2::forward(const int32_t* tokens, const int32_t* targets, int B, int T
   return mean_loss(backend_, a.losses);
 }
 
+void Gpt2::token_losses(std::vector<double>& out) const {
+  require(act_ != nullptr, "token_losses: no forward has run");
+  const Tensor& l = act_->losses;
+  out.resize(static_cast<size_t>(l.numel()));
+  if (l.dtype == DType::F64) return backend_.copy_to_host(out.data(), l);
+  std::vector<float> h(out.size());
+  backend_.copy_to_host(h.data(), l);
+  for (size_t i = 0; i < h.size(); ++i) out[i] = h[i];
+}
+
 double Gpt2::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale) {
   run_forward(tokens, B, T);
   Activations& a = *act_;

@@ -78,6 +78,8 @@ class Gpt2 {
   // Same loss, and accumulates ∂(grad_scale·Σ losses)/∂θ into the gradient buffer. Pass
   // grad_scale = 1/(B·T·accumulation_steps) for the gradient of the mean loss.
   double forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T, double grad_scale);
+  // The last forward's per-token cross-entropy [B·T] (−log p(target)), into host memory.
+  void token_losses(std::vector<double>& out) const;
   // Full logits [B·T, V] into host memory (tests and small models); as float or double.
   void logits(const int32_t* tokens, int B, int T, std::vector<double>& out);
   // Logits of the last position only [V], recomputing the whole prefix (the reference for

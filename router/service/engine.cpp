@@ -1,0 +1,321 @@
+#include "router/service/engine.h"
+
+#include <chrono>
+
+#include "core/error.h"
+
+namespace mom::service {
+
+struct Engine::Live {
+  GenerateRequest req;
+  Sink sink;
+  Rng rng;
+  int slot = 0;
+  std::vector<int32_t> seq;  // prompt, then the completion
+  int generated = 0;
+  // Trace requests: the chosen token waits for the step that processes it to know its route;
+  // `last` marks the final one (finish after that step with `reason`).
+  bool waiting = false, last = false;
+  std::string reason;
+  TokenEvent pending;
+};
+
+Engine::Engine(Gpt2& model, const EngineOptions& options) : model_(model), opt_(options) {
+  require(opt_.max_sequences >= 1, "engine: max_sequences must be >= 1");
+  require(opt_.queue_limit >= 0, "engine: queue_limit must be >= 0");
+  model_.prepare_decode(opt_.max_sequences, model_.config().n_ctx);
+  live_.resize(static_cast<size_t>(opt_.max_sequences));
+  worker_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  worker_.join();
+}
+
+Engine::Admission Engine::submit(GenerateRequest request, Sink sink) {
+  const int ctx = model_.config().n_ctx, n = static_cast<int>(request.prompt.size());
+  if (n < 1) return {false, false, "the prompt must hold at least one token"};
+  if (request.max_tokens < 0) return {false, false, "max_tokens must be >= 0"};
+  if (n + request.max_tokens > ctx)
+    return {false, false,
+            "the prompt (" + std::to_string(n) + " tokens) plus max_tokens (" + std::to_string(request.max_tokens) +
+                ") exceeds the model's context of " + std::to_string(ctx) + " tokens"};
+  const int V = model_.config().vocab_size;
+  for (int32_t t : request.prompt)
+    if (t < 0 || t >= V)
+      return {false, false,
+              "token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(V - 1) + ")"};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!admitting_ || stopping_) return {false, true, "the server is shutting down"};
+    if (static_cast<int>(queue_.size()) >= opt_.queue_limit)
+      return {false, true,
+              "the queue is full (" + std::to_string(opt_.queue_limit) + " waiting, " + std::to_string(running_) +
+                  " running); retry later"};
+    queue_.emplace_back(std::move(request), std::move(sink));
+  }
+  wake_.notify_all();
+  return {true, false, ""};
+}
+
+ScoreResult Engine::score(const std::vector<int32_t>& tokens) {
+  const int ctx = model_.config().n_ctx, V = model_.config().vocab_size;
+  const int n = static_cast<int>(tokens.size()) - 1;
+  require(n >= 1, "scoring needs at least two tokens (each scored token is predicted from the ones before it)");
+  require(n <= ctx, "scoring " + std::to_string(n + 1) + " tokens exceeds the model's context of " +
+                        std::to_string(ctx) + " (at most " + std::to_string(ctx + 1) + " tokens)");
+  for (int32_t t : tokens)
+    require(t >= 0 && t < V,
+            "token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(V - 1) + ")");
+  std::packaged_task<ScoreResult()> task([this, &tokens, n] {
+    ScoreResult r;
+    r.mean_loss = model_.forward(tokens.data(), tokens.data() + 1, 1, n);
+    std::vector<double> losses;
+    model_.token_losses(losses);
+    for (double l : losses) r.logprobs.push_back(-l);
+    const auto traces = model_.routing_trace();
+    count(traces);
+    r.trace = nlohmann::json::array();
+    for (int64_t i = 0; i < n && !traces.empty(); ++i) r.trace.push_back(row_trace(traces, i));
+    return r;
+  });
+  std::future<ScoreResult> done = task.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    require(!stopping_, "the server is shutting down");
+    jobs_.emplace_back([&task] { task(); });
+  }
+  wake_.notify_all();
+  return done.get();
+}
+
+int Engine::drain(double seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  admitting_ = false;
+  idle_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return running_ == 0 && queue_.empty(); });
+  const int left = running_ + static_cast<int>(queue_.size());
+  stopping_ = true;
+  lock.unlock();
+  wake_.notify_all();
+  return left;
+}
+
+int Engine::queued() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(queue_.size());
+}
+
+int Engine::running() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return running_;
+}
+
+nlohmann::json Engine::routing_counts() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [stage, steps] : counts_) {
+    nlohmann::json s = nlohmann::json::array();
+    for (const auto& routers : steps) s.push_back(routers);
+    out[stage] = {{"steps", s}};
+  }
+  return out;
+}
+
+nlohmann::json Engine::row_trace(const std::vector<Gpt2::StageTrace>& traces, int64_t row) const {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& st : traces) {
+    nlohmann::json steps = nlohmann::json::array();
+    for (const RouterTrace& t : st.routers) {
+      while (static_cast<int>(steps.size()) <= t.step) steps.push_back(nlohmann::json::object());
+      const auto at = static_cast<size_t>(row * t.K);
+      steps[static_cast<size_t>(t.step)][t.router] = {
+          {"modules", std::vector<int32_t>(t.modules.begin() + at, t.modules.begin() + at + t.K)},
+          {"weights", std::vector<double>(t.weights.begin() + at, t.weights.begin() + at + t.K)}};
+    }
+    std::string name = st.stage;
+    if (!name.empty() && name.back() == '/') name.pop_back();
+    out[name] = steps;
+  }
+  return out;
+}
+
+void Engine::count(const std::vector<Gpt2::StageTrace>& traces) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& st : traces) {
+    std::string name = st.stage;
+    if (!name.empty() && name.back() == '/') name.pop_back();
+    auto& steps = counts_[name];
+    for (const RouterTrace& t : st.routers) {
+      if (steps.size() <= static_cast<size_t>(t.step)) steps.resize(static_cast<size_t>(t.step) + 1);
+      auto& c = steps[static_cast<size_t>(t.step)][t.router];
+      c.resize(static_cast<size_t>(t.classes), 0);
+      for (size_t i = 0; i < t.modules.size(); ++i)
+        if (!t.dropped[i])
+          ++c[t.modules[i] < 0 ? static_cast<size_t>(t.classes - 1) : static_cast<size_t>(t.modules[i])];
+    }
+  }
+}
+
+// The slot is free again before the consumer hears of the end.
+void Engine::finish(Live& r, const std::string& reason) {
+  const auto on_finish = std::move(r.sink.on_finish);
+  live_[static_cast<size_t>(r.slot)].reset();  // destroys r
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_;
+  }
+  idle_.notify_all();
+  if (on_finish) on_finish(reason);
+}
+
+namespace {
+
+// The chosen token's event; decides whether the request ends with it.
+TokenEvent event_of(const float* logits, int V, int32_t token, int logprobs) {
+  TokenEvent e;
+  e.token = token;
+  e.logprob = token_logprob(logits, V, token);
+  if (logprobs > 0) e.top = top_logprobs(logits, V, logprobs);
+  return e;
+}
+
+}  // namespace
+
+void Engine::accept(Live& r, int32_t token, TokenEvent ev) {
+  if (token == r.req.stop_token) return finish(r, "stop");
+  r.seq.push_back(token);
+  ++r.generated;
+  const bool last = r.generated >= r.req.max_tokens;
+  const bool fits = static_cast<int>(r.seq.size()) <= model_.config().n_ctx;  // can be fed at its position
+  if (!r.req.trace || !fits) {
+    if (!r.sink.on_token(ev)) return finish(r, "stop");
+    if (last || !fits) return finish(r, "length");
+    return;
+  }
+  r.pending = std::move(ev), r.waiting = true, r.last = last, r.reason = "length";
+}
+
+void Engine::admit(Live& r) {
+  const int n = static_cast<int>(r.req.prompt.size()), V = model_.config().vocab_size;
+  std::vector<int32_t> slots(static_cast<size_t>(n), r.slot), positions(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = i;
+  std::vector<float> logits;
+  model_.decode_step(r.req.prompt.data(), slots.data(), positions.data(), n, {n - 1}, logits);  // alone, fast kernels
+  const auto traces = model_.routing_trace();
+  count(traces);
+  if (r.req.trace && r.sink.on_prompt) {
+    nlohmann::json prompt = nlohmann::json::array();
+    for (int64_t i = 0; i < n; ++i) prompt.push_back(row_trace(traces, i));
+    r.sink.on_prompt(prompt);
+  }
+  r.seq = r.req.prompt;
+  if (r.req.max_tokens == 0) return finish(r, "length");
+  std::vector<int32_t> order;
+  const int32_t token = sample_token(logits.data(), V, r.req.sampling, r.rng, order);
+  accept(r, token, event_of(logits.data(), V, token, r.req.logprobs));
+}
+
+void Engine::step() {
+  std::vector<int32_t> tokens, slots, positions;
+  std::vector<int> want;
+  for (const auto& r : live_)
+    if (r) {
+      want.push_back(static_cast<int>(tokens.size()));
+      tokens.push_back(r->seq.back()), slots.push_back(r->slot),
+          positions.push_back(static_cast<int32_t>(r->seq.size()) - 1);
+    }
+  if (tokens.empty()) return;
+  std::vector<float> logits;
+  {
+    BatchInvariant invariant(model_.backend());
+    model_.decode_step(tokens.data(), slots.data(), positions.data(), static_cast<int>(tokens.size()), want, logits);
+  }
+  const auto traces = model_.routing_trace();
+  count(traces);
+  const int V = model_.config().vocab_size;
+  std::vector<int32_t> order;
+  for (size_t m = 0; m < slots.size(); ++m) {
+    Live& r = *live_[static_cast<size_t>(slots[m])];
+    if (r.waiting) {  // the token this row fed now has its route
+      r.pending.routing = row_trace(traces, static_cast<int64_t>(m));
+      r.waiting = false;
+      if (!r.sink.on_token(r.pending)) {
+        finish(r, "stop");
+        continue;
+      }
+      if (r.last) {
+        finish(r, r.reason);
+        continue;
+      }
+    }
+    const float* row = logits.data() + m * static_cast<size_t>(V);
+    const int32_t token = sample_token(row, V, r.req.sampling, r.rng, order);
+    accept(r, token, event_of(row, V, token, r.req.logprobs));
+  }
+}
+
+void Engine::loop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      wake_.wait(lock, [&] {
+        return stopping_ || !jobs_.empty() || running_ > 0 ||
+               (admitting_ && !queue_.empty() && running_ < opt_.max_sequences);
+      });
+      if (stopping_) break;
+      if (!jobs_.empty()) job = std::move(jobs_.front()), jobs_.pop_front();
+    }
+    if (job) {
+      job();  // score(): its exceptions travel through its future
+      continue;
+    }
+    for (;;) {  // requests join the batch between steps
+      std::unique_ptr<Live> r;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!admitting_ || queue_.empty() || running_ >= opt_.max_sequences) break;
+        r = std::make_unique<Live>();
+        r->req = std::move(queue_.front().first), r->sink = std::move(queue_.front().second);
+        queue_.pop_front();
+        ++running_;
+      }
+      r->rng = Rng(r->req.seed);
+      size_t slot = 0;
+      while (live_[slot]) ++slot;
+      r->slot = static_cast<int>(slot);
+      live_[slot] = std::move(r);
+      try {
+        admit(*live_[slot]);
+      } catch (const std::exception& e) {
+        if (live_[slot]) finish(*live_[slot], std::string("error: ") + e.what());
+      }
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      for (auto& r : live_)
+        if (r) finish(*r, std::string("error: ") + e.what());
+    }
+  }
+  // Stopping: whatever is left ends "cancelled"; pending score() calls still run.
+  for (auto& r : live_)
+    if (r) finish(*r, "cancelled");
+  std::deque<std::pair<GenerateRequest, Sink>> left;
+  std::deque<std::function<void()>> jobs;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    left.swap(queue_);
+    jobs.swap(jobs_);
+  }
+  for (auto& [req, sink] : left)
+    if (sink.on_finish) sink.on_finish("cancelled");
+  for (auto& j : jobs) j();
+}
+
+}  // namespace mom::service
