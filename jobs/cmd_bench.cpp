@@ -6,24 +6,129 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "core/error.h"
 #include "core/gpt2.h"
 #include "core/optimizer.h"
 #include "core/rng.h"
 #include "io/config.h"
 #include "jobs/commands.h"
+#include "router/service/engine.h"
 
 namespace mom::jobs {
+
+namespace {
+
+// `mom bench decode`: decoding speed through the serving engine (router/service/engine.h) on a
+// config's model with random weights: one stream, S concurrent streams, and the cost of one
+// cached token at growing prefix lengths.
+void add_decode_bench(CLI::App& bench) {
+  struct Args {
+    std::string config;
+    std::vector<std::string> overrides;
+    int prompt = 16, tokens = 64, streams = 8;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* cmd =
+      bench.add_subcommand("decode", "Time KV-cached decoding (1 and S streams, cost by prefix); prints JSON");
+  cmd->add_option("-c,--config", args->config, "JSON config (omitted: the embedded tiny job)");
+  cmd->add_option("--set", args->overrides, "Override a config key (repeatable)");
+  cmd->add_option("--prompt", args->prompt, "Prompt tokens")->check(CLI::PositiveNumber);
+  cmd->add_option("--tokens", args->tokens, "Tokens to generate per stream")->check(CLI::PositiveNumber);
+  cmd->add_option("--streams", args->streams, "Concurrent streams")->check(CLI::PositiveNumber);
+  cmd->callback([args] {
+    using Clock = std::chrono::steady_clock;
+    const io::RunConfig cfg = io::load_config(args->config, args->overrides);
+    Backend& be = backend_for(parse_device(cfg.train.device));
+    be.set_num_threads(cfg.train.threads);
+    Gpt2 model(cfg.model, be);
+    model.init_weights(cfg.train.seed);
+    const int V = cfg.model.vocab_size, ctx = cfg.model.n_ctx;
+    require(args->prompt + args->tokens <= ctx,
+            "--prompt + --tokens must fit the context (" + std::to_string(ctx) + ")");
+    Rng rng(cfg.train.seed);
+    auto prompt = [&] {
+      std::vector<int32_t> p(static_cast<size_t>(args->prompt));
+      for (auto& t : p) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+      return p;
+    };
+    // S streams at once; returns (decode seconds after every prefill, tokens decoded).
+    auto run = [&](int S) {
+      service::Engine engine(model, {S, S});
+      std::mutex mu;
+      std::condition_variable cv;
+      int done = 0, first_tokens = 0;
+      Clock::time_point all_started;
+      int64_t after_first = 0;
+      for (int i = 0; i < S; ++i) {
+        service::GenerateRequest r;
+        r.prompt = prompt(), r.max_tokens = args->tokens, r.seed = static_cast<uint64_t>(i);
+        r.sampling.temperature = 0.8, r.sampling.top_k = 40;
+        auto seen = std::make_shared<int>(0);
+        engine.submit(r, {nullptr,
+                          [&, seen](const service::TokenEvent&) {
+                            std::lock_guard<std::mutex> lock(mu);
+                            if ((*seen)++ == 0 && ++first_tokens == S)
+                              all_started = Clock::now();
+                            else if (first_tokens == S)
+                              ++after_first;
+                            return true;
+                          },
+                          [&](const std::string&) {
+                            std::lock_guard<std::mutex> lock(mu);
+                            ++done;
+                            cv.notify_all();
+                          }});
+      }
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return done == S; });
+      const double s = std::chrono::duration<double>(Clock::now() - all_started).count();
+      return std::pair<double, int64_t>{s, after_first};
+    };
+    const auto [one_s, one_n] = run(1);
+    const auto [many_s, many_n] = run(args->streams);
+    // One cached token at each prefix length, single stream.
+    nlohmann::json curve = nlohmann::json::array();
+    model.prepare_decode(1, ctx);
+    std::vector<int32_t> seq(static_cast<size_t>(ctx));
+    for (auto& t : seq) t = static_cast<int32_t>(rng.below(static_cast<uint64_t>(V)));
+    std::vector<float> logits;
+    std::vector<int32_t> slots(static_cast<size_t>(ctx), 0), pos(static_cast<size_t>(ctx));
+    for (int i = 0; i < ctx; ++i) pos[static_cast<size_t>(i)] = i;
+    const int reps = 8;
+    for (int at = ctx / 8; at + reps <= ctx; at += ctx / 8) {
+      model.decode_step(seq.data(), slots.data(), pos.data(), at, {at - 1}, logits);
+      BatchInvariant invariant(be);
+      const auto t0 = Clock::now();
+      for (int k = 0; k < reps; ++k) model.decode_step(&seq[at + k], &slots[0], &pos[at + k], 1, {0}, logits);
+      curve.push_back({{"prefix", at},
+                       {"ms_per_token", std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / reps}});
+    }
+    const nlohmann::json out{{"backend", be.name()},
+                             {"threads", be.num_threads()},
+                             {"model", model.describe()},
+                             {"parameters", model.params().num_elements()},
+                             {"single_stream_tokens_per_s", static_cast<double>(one_n) / one_s},
+                             {"streams", args->streams},
+                             {"aggregate_tokens_per_s", static_cast<double>(many_n) / many_s},
+                             {"ms_per_token_by_prefix", curve}};
+    std::printf("%s\n", out.dump().c_str());
+  });
+}
+
+}  // namespace
 
 void add_bench_command(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
+  add_decode_bench(*bench);
   struct Args {
     std::string config;
     std::vector<std::string> overrides;

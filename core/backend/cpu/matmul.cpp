@@ -9,44 +9,78 @@ namespace mom {
 
 namespace {
 
-constexpr int kLanes = 16;        // one AVX-512 register of floats
-constexpr int64_t kRowGroup = 4;  // rows sharing each weight load
-
 // Batch-invariant linear (Backend::set_batch_invariant): out[n][c] = dot(inp[n], W[c]) + b[c],
-// every dot as kLanes interleaved partial sums over the input axis, combined in lane order.
-// Rows go in groups that share each loaded weight row, but each row has its own lanes, and
-// columns are split over threads in fixed blocks: a row's bits depend on that row alone.
-template <class T, int R>
-void rowwise_group(T* o, const T* x, const T* w, const T* b, int64_t IC, int64_t OC, int64_t c0, int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const T* wc = w + c * IC;
-    T lane[R][kLanes] = {};
-    int64_t k = 0;
-    for (; k + kLanes <= IC; k += kLanes)
-      for (int r = 0; r < R; ++r)
-        for (int l = 0; l < kLanes; ++l) lane[r][l] += x[r * IC + k + l] * wc[k + l];
-    for (; k < IC; ++k)
-      for (int r = 0; r < R; ++r) lane[r][k % kLanes] += x[r * IC + k] * wc[k];
-    for (int r = 0; r < R; ++r) {
-      T sum = 0;
-      for (int l = 0; l < kLanes; ++l) sum += lane[r][l];
-      o[r * OC + c] = b ? sum + b[c] : sum;
-    }
-  }
+// each dot as kLanes interleaved partial sums over the input axis (one vector register,
+// GCC's vector extension, so it compiles to whatever the CPU has), the lanes then combined in
+// order. Tiles of 4 rows × 4 columns share their loads, but every (row, column) keeps its own
+// accumulator, and columns are split over threads in fixed blocks: a row's bits depend on
+// that row alone, whatever the other rows and the thread count.
+constexpr int kLanes = 16;
+typedef float v16f __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline v16f load16(const float* p) {
+  v16f v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
 }
 
-template <class T>
-void matmul_rowwise(T* o, const T* x, const T* w, const T* b, int64_t N, int64_t IC, int64_t OC) {
+inline float finish_dot(v16f acc, const float* x, const float* w, int64_t k, int64_t IC) {
+  float lane[kLanes];
+  __builtin_memcpy(lane, &acc, sizeof lane);
+  for (; k < IC; ++k) lane[k % kLanes] += x[k] * w[k];
+  float sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += lane[l];
+  return sum;
+}
+
+// R rows × CC columns of out, from column c.
+template <int R, int CC>
+void tile(float* o, const float* x, const float* w, const float* b, int64_t IC, int64_t OC, int64_t c) {
+  v16f acc[R][CC] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= IC; k += kLanes) {
+    v16f xv[R], wv[CC];
+    for (int r = 0; r < R; ++r) xv[r] = load16(x + r * IC + k);
+    for (int j = 0; j < CC; ++j) wv[j] = load16(w + (c + j) * IC + k);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < CC; ++j) acc[r][j] += xv[r] * wv[j];
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < CC; ++j) {
+      const float sum = finish_dot(acc[r][j], x + r * IC, w + (c + j) * IC, k, IC);
+      o[r * OC + c + j] = b ? sum + b[c + j] : sum;
+    }
+}
+
+template <int R, int CC>
+void rows_block(float* o, const float* x, const float* w, const float* b, int64_t IC, int64_t OC, int64_t c0,
+                int64_t c1) {
+  int64_t c = c0;
+  for (; c + CC <= c1; c += CC) tile<R, CC>(o, x, w, b, IC, OC, c);
+  for (; c < c1; ++c) tile<R, 1>(o, x, w, b, IC, OC, c);
+}
+
+void matmul_rowwise(float* o, const float* x, const float* w, const float* b, int64_t N, int64_t IC, int64_t OC) {
   constexpr int64_t kCols = 32;
   const int64_t blocks = (OC + kCols - 1) / kCols;
 #pragma omp parallel for schedule(static)
   for (int64_t cb = 0; cb < blocks; ++cb) {
     const int64_t c0 = cb * kCols, c1 = std::min(OC, c0 + kCols);
     int64_t n = 0;
-    for (; n + kRowGroup <= N; n += kRowGroup)
-      rowwise_group<T, kRowGroup>(o + n * OC, x + n * IC, w, b, IC, OC, c0, c1);
-    for (; n < N; ++n) rowwise_group<T, 1>(o + n * OC, x + n * IC, w, b, IC, OC, c0, c1);
+    for (; n + 4 <= N; n += 4) rows_block<4, 4>(o + n * OC, x + n * IC, w, b, IC, OC, c0, c1);
+    for (; n < N; ++n) rows_block<1, 4>(o + n * OC, x + n * IC, w, b, IC, OC, c0, c1);
   }
+}
+
+// f64 (finite-difference tests): the same contract with plain loops.
+void matmul_rowwise(double* o, const double* x, const double* w, const double* b, int64_t N, int64_t IC, int64_t OC) {
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < OC; ++c)
+    for (int64_t n = 0; n < N; ++n) {
+      double sum = 0;
+      for (int64_t k = 0; k < IC; ++k) sum += x[n * IC + k] * w[c * IC + k];
+      o[n * OC + c] = b ? sum + b[c] : sum;
+    }
 }
 
 }  // namespace
@@ -58,7 +92,7 @@ void CpuBackend::matmul_forward(const Tensor& out, const Tensor& inp, const Tens
     using T = decltype(zero);
     T* o = out.ptr<T>();
     if (batch_invariant())
-      return matmul_rowwise<T>(o, inp.ptr<T>(), weight.ptr<T>(), bias.empty() ? nullptr : bias.ptr<T>(), N, IC, OC);
+      return matmul_rowwise(o, inp.ptr<T>(), weight.ptr<T>(), bias.empty() ? nullptr : bias.ptr<T>(), N, IC, OC);
     cpu::gemm<T>(false, true, N, OC, IC, T(1), inp.ptr<T>(), IC, weight.ptr<T>(), IC, T(0), o, OC);
     if (!bias.empty()) {
       const T* b = bias.ptr<T>();
