@@ -444,11 +444,12 @@ void Gpt2::decode_step(const int32_t* tokens, const int32_t* slots, const int32_
                        const std::vector<int>& logit_rows, std::vector<float>& out) {
   require(dec_ != nullptr, "decode_step: call prepare_decode first");
   DecodeState& d = *dec_;
-  require(M >= 1 && M <= d.max_rows, "decode_step: " + std::to_string(M) + " rows, the buffers hold " +
+  require(M >= 0 && M <= d.max_rows, "decode_step: " + std::to_string(M) + " rows, the buffers hold " +
                                          std::to_string(d.max_rows) + " (prepare_decode)");
   const int W = static_cast<int>(logit_rows.size());
-  require(W >= 1 && W <= d.logits.shape[0],
-          "decode_step: logits of " + std::to_string(W) + " rows asked, at most " + std::to_string(d.logits.shape[0]));
+  require(W <= d.logits.shape[0] && (W >= 1 || M == 0), "decode_step: logits of " + std::to_string(W) +
+                                                            " rows asked, at least 1 and at most " +
+                                                            std::to_string(d.logits.shape[0]));
   for (int m = 0; m < M; ++m)
     require(slots[m] >= 0 && slots[m] < d.sequences && positions[m] >= 0 && positions[m] < cfg_.n_ctx,
             "decode_step: row " + std::to_string(m) + " (sequence " + std::to_string(slots[m]) + ", position " +
@@ -476,6 +477,7 @@ void Gpt2::decode_step(const int32_t* tokens, const int32_t* slots, const int32_
     altup_->widen(enc, x);
   }
   for (auto& b : blocks_) b->decode(x, dr);
+  if (W == 0) return;  // an expert-parallel peer's part in another rank's step (no rows of its own)
   if (altup_) altup_->narrow(x, rows(d.summed, M)), x = rows(d.summed, M);
   const Tensor last = rows(d.last, W), ln = rows(d.ln, W), lg = rows(d.logits, W);
   be.gather_rows(last, x, rows(d.want, W));

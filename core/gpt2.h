@@ -92,7 +92,10 @@ class Gpt2 {
   // One step over M rows: row m is token tokens[m] of sequence slots[m] at position
   // positions[m] (a sequence's rows in increasing position order, its earlier positions
   // decoded by earlier steps). Writes the logits of the rows listed in `logit_rows`, in that
-  // order, to `logits` [W, V]. A row's numbers do not depend on the other rows of the step
+  // order, to `logits` [W, V]. With sharded pools (an expert-parallel group) the step is
+  // collective: a rank with no rows of its own takes part with M = 0 and no logit rows, its
+  // modules computing the rows the others send. A row's numbers do not depend on the other
+  // rows of the step
   // when the backend is in batch-invariant mode (Backend::set_batch_invariant), which
   // serving turns on for steps that mix sequences.
   void decode_step(const int32_t* tokens, const int32_t* slots, const int32_t* positions, int M,

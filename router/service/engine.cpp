@@ -1,8 +1,10 @@
 #include "router/service/engine.h"
 
 #include <chrono>
+#include <optional>
 
 #include "core/error.h"
+#include "parallel/communicator.h"
 
 namespace mom::service {
 
@@ -23,6 +25,8 @@ struct Engine::Live {
 Engine::Engine(Gpt2& model, const EngineOptions& options) : model_(model), opt_(options) {
   require(opt_.max_sequences >= 1, "engine: max_sequences must be >= 1");
   require(opt_.queue_limit >= 0, "engine: queue_limit must be >= 0");
+  if (opt_.group && opt_.group->size() == 1) opt_.group = nullptr;
+  require(!opt_.group || opt_.group->rank() == 0, "engine: runs on rank 0 of its group; the others follow()");
   model_.prepare_decode(opt_.max_sequences, model_.config().n_ctx);
   live_.resize(static_cast<size_t>(opt_.max_sequences));
   worker_ = std::thread([this] { loop(); });
@@ -35,6 +39,29 @@ Engine::~Engine() {
   }
   wake_.notify_all();
   worker_.join();
+  tell(Op::Stop);
+}
+
+void Engine::tell(Op op) {
+  if (!opt_.group) return;
+  int32_t code = static_cast<int32_t>(op);
+  opt_.group->broadcast_bytes(&code, sizeof code, 0);
+}
+
+void Engine::follow(Gpt2& model, Communicator& group, int max_sequences) {
+  model.prepare_decode(max_sequences, model.config().n_ctx);
+  std::vector<float> none;
+  for (;;) {
+    int32_t code = 0;
+    group.broadcast_bytes(&code, sizeof code, 0);
+    if (code == static_cast<int32_t>(Op::Stop)) return;
+    // The leader's step, whatever kind (a prefill, a batch of tokens, a scored sequence): the
+    // same sequence of token exchanges, so a step of no rows of our own mirrors it.
+    if (code == static_cast<int32_t>(Op::Heartbeat)) continue;
+    std::optional<BatchInvariant> invariant;
+    if (code == static_cast<int32_t>(Op::InvariantStep)) invariant.emplace(model.backend());
+    model.decode_step(nullptr, nullptr, nullptr, 0, {}, none);
+  }
 }
 
 Engine::Admission Engine::submit(GenerateRequest request, Sink sink) {
@@ -74,6 +101,7 @@ ScoreResult Engine::score(const std::vector<int32_t>& tokens) {
             "token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(V - 1) + ")");
   std::packaged_task<ScoreResult()> task([this, &tokens, n] {
     ScoreResult r;
+    tell(Op::Step);
     r.mean_loss = model_.forward(tokens.data(), tokens.data() + 1, 1, n);
     std::vector<double> losses;
     model_.token_losses(losses);
@@ -205,6 +233,7 @@ void Engine::admit(Live& r) {
   std::vector<int32_t> slots(static_cast<size_t>(n), r.slot), positions(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) positions[static_cast<size_t>(i)] = i;
   std::vector<float> logits;
+  tell(Op::Step);
   model_.decode_step(r.req.prompt.data(), slots.data(), positions.data(), n, {n - 1}, logits);  // alone, fast kernels
   const auto traces = model_.routing_trace();
   count(traces);
@@ -233,6 +262,7 @@ void Engine::step() {
   std::vector<float> logits;
   {
     BatchInvariant invariant(model_.backend());
+    tell(Op::InvariantStep);
     model_.decode_step(tokens.data(), slots.data(), positions.data(), static_cast<int>(tokens.size()), want, logits);
   }
   const auto traces = model_.routing_trace();
@@ -264,10 +294,19 @@ void Engine::loop() {
     std::function<void()> job;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] {
+      auto ready = [&] {
         return stopping_ || !jobs_.empty() || running_ > 0 ||
                (admitting_ && !queue_.empty() && running_ < opt_.max_sequences);
-      });
+      };
+      if (opt_.group) {  // followers wait inside a collective: keep them from timing out
+        if (!wake_.wait_for(lock, std::chrono::seconds(1), ready)) {
+          lock.unlock();
+          tell(Op::Heartbeat);
+          continue;
+        }
+      } else {
+        wake_.wait(lock, ready);
+      }
       if (stopping_) break;
       if (!jobs_.empty()) job = std::move(jobs_.front()), jobs_.pop_front();
     }

@@ -61,6 +61,9 @@ struct Sink {
 struct EngineOptions {
   int max_sequences = 8;  // requests decoding together
   int queue_limit = 64;   // requests waiting beyond those; more are refused
+  // Serving across ranks: the expert-parallel group the model's pools are sharded over. Its
+  // rank 0 runs the Engine; every other rank runs Engine::follow on its own shard.
+  Communicator* group = nullptr;
 };
 
 // The numbers of /v1/route and `mom route` for one token sequence t_0..t_n: inputs t_0..t_{n-1},
@@ -91,6 +94,11 @@ class Engine {
   // what is left. Returns the number cancelled.
   int drain(double seconds);
 
+  // A follower rank of opt.group: takes part in every model step the leader's Engine runs
+  // (the leader tells it each one; its modules compute the rows routed to them) until the
+  // leader's Engine is destroyed. Throws CommTimeout if the leader stops answering.
+  static void follow(Gpt2& model, Communicator& group, int max_sequences);
+
   int queued() const;
   int running() const;
   // Tokens routed to each module since start: {"chunks/0/": {"steps": [{"attn": [n per class,
@@ -109,6 +117,10 @@ class Engine {
   // The trace of row `row` of the last forward or step, and the routing counts.
   nlohmann::json row_trace(const std::vector<Gpt2::StageTrace>& t, int64_t row) const;
   void count(const std::vector<Gpt2::StageTrace>& t);
+  // Tells the followers (if any) what comes next: a model step (in batch-invariant mode or
+  // not: the followers' module kernels must be the leader's), a heartbeat, or the end.
+  enum class Op : int32_t { Heartbeat = 0, Step = 1, InvariantStep = 2, Stop = 3 };
+  void tell(Op op);
 
   Gpt2& model_;
   EngineOptions opt_;

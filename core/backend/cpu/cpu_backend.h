@@ -106,6 +106,14 @@ void dispatch_float(DType dtype, F&& f) {
     throw std::logic_error("cpu backend: op needs an f32 or f64 tensor");
 }
 
+// Elements in one row of a tensor (the product of the dimensions after the first), also when
+// it has no rows.
+inline int64_t row_elems(const Tensor& t) {
+  int64_t n = 1;
+  for (int d = 1; d < t.shape.rank; ++d) n *= t.shape[d];
+  return n;
+}
+
 // Runs body(i0, i1) over [0, n) in fixed blocks of kElementBlock elements, the blocks shared
 // among the threads. Why fixed blocks: a vectorised loop computes its remainder elements
 // with scalar code (and with -ffast-math, scalar exp/tanh differ from the vector ones in the

@@ -9,7 +9,7 @@
 namespace mom {
 
 void CpuBackend::gather_rows(const Tensor& out, const Tensor& in, const Tensor& rows) {
-  const int64_t M = rows.numel(), D = in.numel() / in.shape[0];
+  const int64_t M = rows.numel(), D = cpu::row_elems(in);
   const int32_t* r = rows.ptr<int32_t>();
   cpu::dispatch_float(in.dtype, [&](auto zero) {
     using T = decltype(zero);
@@ -25,7 +25,7 @@ void CpuBackend::gather_rows(const Tensor& out, const Tensor& in, const Tensor& 
 }
 
 void CpuBackend::combine_rows(const Tensor& out, const Tensor& buf, const Tensor& slot, const Tensor& weight) {
-  const int64_t N = slot.shape[0], K = slot.shape[1], D = out.numel() / out.shape[0];
+  const int64_t N = slot.shape[0], K = slot.shape[1], D = cpu::row_elems(out);
   const int32_t* sl = slot.ptr<int32_t>();
   cpu::dispatch_float(out.dtype, [&](auto zero) {
     using T = decltype(zero);
@@ -47,7 +47,7 @@ void CpuBackend::combine_rows(const Tensor& out, const Tensor& buf, const Tensor
 
 void CpuBackend::combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout, const Tensor& buf,
                                        const Tensor& slot, const Tensor& weight) {
-  const int64_t N = slot.shape[0], K = slot.shape[1], D = dout.numel() / dout.shape[0];
+  const int64_t N = slot.shape[0], K = slot.shape[1], D = cpu::row_elems(dout);
   const int32_t* sl = slot.ptr<int32_t>();
   cpu::dispatch_float(dout.dtype, [&](auto zero) {
     using T = decltype(zero);
