@@ -238,9 +238,13 @@ void Gpt2::disable_module(const std::string& path) {
       known += (known.empty() ? "" : ", ") + st->name();
       if (side_at == std::string::npos || path.compare(0, side_at + 1, st->name()) != 0) continue;
       const std::string side = path.substr(side_at + 1, last - side_at - 1), index = path.substr(last + 1);
-      require(!index.empty() && index.find_first_not_of("0123456789") == std::string::npos,
+      require(!index.empty() && index.size() <= 9 && index.find_first_not_of("0123456789") == std::string::npos,
               "--disable-module '" + path + "': the module must be a number, as in chunks/0/attn/1");
-      st->disable_modules(side, {std::stoi(index)});
+      try {
+        st->disable_modules(side, {std::stoi(index)});
+      } catch (const UserError& e) {
+        throw UserError("--disable-module '" + path + "': " + e.what());
+      }
       return;
     }
   throw UserError(

@@ -109,7 +109,17 @@ std::string dataset_label(const std::string& name) {
   return name.empty() || name.front() != '/' ? name : name.substr(1);
 }
 
-hid_t file_type(DType dtype) { return dtype == DType::F32 ? H5T_IEEE_F32LE : H5T_IEEE_F64LE; }
+hid_t file_type(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return H5T_IEEE_F32LE;
+    case DType::F64:
+      return H5T_IEEE_F64LE;
+    case DType::I32:
+      return H5T_STD_I32LE;
+  }
+  throw std::invalid_argument("checkpoint dataset: unknown element type");
+}
 
 // Axis-0 slabs of whole rows when a row fits in the target; otherwise one row per chunk
 // split along the next axes, so a row range [begin, end) always maps onto whole chunks.
@@ -315,6 +325,11 @@ void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t
   write_rows(dataset, 0, shape[0], data);
 }
 
+void CheckpointWriter::write(const std::string& dataset, std::span<const int64_t> shape, const int32_t* data) {
+  create(dataset, shape, DType::I32);
+  write_rows(dataset, 0, shape[0], data);
+}
+
 void CheckpointWriter::create(const std::string& dataset, std::span<const int64_t> global_shape, DType dtype) {
   live().create(dataset, global_shape, file_type(dtype));
 }
@@ -325,6 +340,10 @@ void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int
 
 void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end, const double* rows) {
   live().write_rows(dataset, begin, end, H5T_NATIVE_DOUBLE, rows);
+}
+
+void CheckpointWriter::write_rows(const std::string& dataset, int64_t begin, int64_t end, const int32_t* rows) {
+  live().write_rows(dataset, begin, end, H5T_NATIVE_INT32, rows);
 }
 
 void CheckpointWriter::write_bytes(const std::string& dataset, std::string_view bytes) {
@@ -442,17 +461,19 @@ struct CheckpointReader::Impl {
     return dims;
   }
 
-  // Tensors are read only into float memory: anything else in a checkpoint is foreign.
-  void require_float(hid_t dataset, const std::string& name) const {
+  // Float tensors are read only into float memory and integer ones only into int32 memory:
+  // anything else in a checkpoint is foreign.
+  void require_class(hid_t dataset, const std::string& name, hid_t mem_type) const {
     const Handle type(check(H5Dget_type(dataset), "type of " + quoted(name)), H5Tclose);
-    if (H5Tget_class(type.get()) != H5T_FLOAT)
-      throw UserError("dataset " + quoted(dataset_label(name)) + " in checkpoint " + label +
-                      " is not a float tensor; the file was not written by mom");
+    const bool want_float = H5Tget_class(mem_type) == H5T_FLOAT;
+    if (H5Tget_class(type.get()) != (want_float ? H5T_FLOAT : H5T_INTEGER))
+      throw UserError("dataset " + quoted(dataset_label(name)) + " in checkpoint " + label + " is not " +
+                      (want_float ? "a float" : "an integer") + " tensor; the file was not written by mom");
   }
 
   void read_rows(const std::string& dataset, int64_t begin, int64_t end, hid_t mem_type, void* dst) const {
     const Handle ds = open_dataset(dataset);
-    require_float(ds.get(), dataset);
+    require_class(ds.get(), dataset, mem_type);
     const auto dims = dims_of(ds.get(), dataset);
     if (begin < 0 || begin > end || static_cast<hsize_t>(end) > dims[0])
       throw UserError("checkpoint " + label + ": rows [" + std::to_string(begin) + ", " + std::to_string(end) +
@@ -481,7 +502,7 @@ struct CheckpointReader::Impl {
 
   void read_all(const std::string& dataset, std::span<const int64_t> expected, hid_t mem_type, void* dst) const {
     const Handle ds = open_dataset(dataset);
-    require_float(ds.get(), dataset);
+    require_class(ds.get(), dataset, mem_type);
     const auto dims = dims_of(ds.get(), dataset);
     const std::vector<int64_t> actual(dims.begin(), dims.end());
     if (!std::equal(actual.begin(), actual.end(), expected.begin(), expected.end()))
@@ -726,12 +747,20 @@ void CheckpointReader::read(const std::string& dataset, std::span<const int64_t>
   impl_->read_all(dataset, expected, H5T_NATIVE_DOUBLE, dst);
 }
 
+void CheckpointReader::read(const std::string& dataset, std::span<const int64_t> expected, int32_t* dst) const {
+  impl_->read_all(dataset, expected, H5T_NATIVE_INT32, dst);
+}
+
 void CheckpointReader::read_rows(const std::string& dataset, int64_t begin, int64_t end, float* dst) const {
   impl_->read_rows(dataset, begin, end, H5T_NATIVE_FLOAT, dst);
 }
 
 void CheckpointReader::read_rows(const std::string& dataset, int64_t begin, int64_t end, double* dst) const {
   impl_->read_rows(dataset, begin, end, H5T_NATIVE_DOUBLE, dst);
+}
+
+void CheckpointReader::read_rows(const std::string& dataset, int64_t begin, int64_t end, int32_t* dst) const {
+  impl_->read_rows(dataset, begin, end, H5T_NATIVE_INT32, dst);
 }
 
 std::string CheckpointReader::read_bytes(const std::string& dataset) const {

@@ -36,8 +36,9 @@ namespace mom::io {
 inline constexpr const char* kCheckpointFormat = "mom-checkpoint";
 inline constexpr int64_t kCheckpointFormatVersion = 1;
 
-// Element type of a stored tensor (little-endian IEEE in the file).
-enum class DType { F32, F64 };
+// Element type of a stored tensor (little-endian IEEE floats, or little-endian two's-complement
+// int32 for integer data such as `mom route`'s module ids).
+enum class DType { F32, F64, I32 };
 
 class CheckpointWriter {
  public:
@@ -53,6 +54,7 @@ class CheckpointWriter {
   // paths ("params/blocks/ln1_weight"); intermediate groups are created as needed.
   void write(const std::string& dataset, std::span<const int64_t> shape, const float* data);
   void write(const std::string& dataset, std::span<const int64_t> shape, const double* data);
+  void write(const std::string& dataset, std::span<const int64_t> shape, const int32_t* data);
 
   // Creates a dataset of its full (global) shape, chunked along axis 0 to about 1 MiB per
   // chunk, with the Fletcher32 checksum filter. Rank >= 1.
@@ -60,6 +62,7 @@ class CheckpointWriter {
   // Writes rows [begin, end) of axis 0 from `rows` (row-major, (end-begin) * row elements).
   void write_rows(const std::string& dataset, int64_t begin, int64_t end, const float* rows);
   void write_rows(const std::string& dataset, int64_t begin, int64_t end, const double* rows);
+  void write_rows(const std::string& dataset, int64_t begin, int64_t end, const int32_t* rows);
 
   // A byte string (a file's raw contents, e.g. a tokenizer's vocab.json) as a 1-D uint8
   // dataset, chunked and checksummed like tensors.
@@ -68,10 +71,8 @@ class CheckpointWriter {
   // Attributes on "/" or on any group/dataset path; setting an existing one replaces it.
   // Integers are stored as int64 (a value outside int64's range throws invalid_argument).
   template <std::integral T>
-    requires(!std::same_as<T, bool>)
-  void set_attr(const std::string& object, const std::string& name, T value) {
-    if (!std::in_range<int64_t>(value))
-      throw std::invalid_argument("attribute " + name + " does not fit in int64");
+  requires(!std::same_as<T, bool>) void set_attr(const std::string& object, const std::string& name, T value) {
+    if (!std::in_range<int64_t>(value)) throw std::invalid_argument("attribute " + name + " does not fit in int64");
     set_int_attr(object, name, static_cast<int64_t>(value));
   }
   void set_attr(const std::string& object, const std::string& name, double value);
@@ -114,11 +115,15 @@ class CheckpointReader {
   std::vector<std::string> datasets() const;
 
   // Reads the whole dataset; its shape must equal `expected` (else UserError naming both).
+  // Float datasets read into float or double memory, integer datasets into int32 memory;
+  // any other pairing is a UserError.
   void read(const std::string& dataset, std::span<const int64_t> expected, float* dst) const;
   void read(const std::string& dataset, std::span<const int64_t> expected, double* dst) const;
+  void read(const std::string& dataset, std::span<const int64_t> expected, int32_t* dst) const;
   // Reads rows [begin, end) of axis 0 into dst ((end-begin) * row elements).
   void read_rows(const std::string& dataset, int64_t begin, int64_t end, float* dst) const;
   void read_rows(const std::string& dataset, int64_t begin, int64_t end, double* dst) const;
+  void read_rows(const std::string& dataset, int64_t begin, int64_t end, int32_t* dst) const;
 
   // A dataset written by CheckpointWriter::write_bytes; anything else throws UserError.
   std::string read_bytes(const std::string& dataset) const;

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -52,8 +53,10 @@ void add_train_command(CLI::App& app) {
 void add_eval_command(CLI::App& app) {
   struct Args {
     std::string ckpt, split = "val", data;
+    std::vector<std::string> disabled;
     int64_t batches = 0;
     int batch_size = 0, threads = 0, seq_len = 0;
+    bool json = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("eval", "Loss and perplexity of a checkpoint on a data split");
@@ -67,6 +70,11 @@ void add_eval_command(CLI::App& app) {
                   "Window length T, at most the model's context (0: the config's train.seq_len); the split is cut "
                   "into windows of T+1 tokens at stride T (llm.c's convention, docs/data.md)");
   cmd->add_option("--threads", args->threads, "CPU threads (0: all cores)");
+  cmd->add_option("--disable-module", args->disabled,
+                  "Ablate a module of a routed stage, STAGE/SIDE/MODULE such as chunks/0/attn/1 (repeatable): a "
+                  "token whose choice it was takes its next choice, SKIP when that is next (docs/routing.md)")
+      ->allow_extra_args(false);
+  cmd->add_flag("--json", args->json, "Print one JSON object (loss to full precision) instead of the text line");
   cmd->callback([args] {
     const io::RunConfig cfg =
         io::config_from_json(read_checkpoint_config(args->ckpt), "checkpoint '" + args->ckpt + "'");
@@ -74,6 +82,7 @@ void add_eval_command(CLI::App& app) {
     be.set_num_threads(args->threads);
     Gpt2 model(cfg.model, be);
     load_checkpoint(args->ckpt, model, nullptr, nullptr);
+    for (const std::string& path : args->disabled) model.disable_module(path);
     const std::string pattern = !args->data.empty() ? args->data : args->split == "val" ? cfg.data.val : cfg.data.train;
     const int B = args->batch_size > 0 ? args->batch_size : cfg.train.batch_size;
     const int T = args->seq_len > 0 ? args->seq_len : cfg.train.seq_len;
@@ -92,8 +101,22 @@ void add_eval_command(CLI::App& app) {
       sum += model.forward(x.data(), y.data(), B, T);
     }
     const double loss = sum / static_cast<double>(n);
-    std::printf("%s: %lld batches x %d x %d tokens | loss %.4f | perplexity %.2f\n", pattern.c_str(),
+    if (args->json) {
+      const nlohmann::json out = {{"data", pattern},
+                                  {"batches", n},
+                                  {"batch_size", B},
+                                  {"seq_len", T},
+                                  {"tokens", n * B * T},
+                                  {"loss", loss},
+                                  {"perplexity", std::exp(loss)},
+                                  {"disabled_modules", args->disabled}};
+      std::printf("%s\n", out.dump().c_str());
+      return;
+    }
+    std::printf("%s: %lld batches x %d x %d tokens | loss %.4f | perplexity %.2f", pattern.c_str(),
                 static_cast<long long>(n), B, T, loss, std::exp(loss));
+    for (const std::string& path : args->disabled) std::printf(" | without %s", path.c_str());
+    std::printf("\n");
   });
 }
 

@@ -12,6 +12,8 @@ void add_generate_command(CLI::App& app);
 void add_ckpt_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
+void add_route_command(CLI::App& app);
 // dense-to-mom and dense-to-moe, under `convert`.
 void add_two_stage_commands(CLI::App& convert);
 

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   mom::jobs::add_ckpt_command(app);
   mom::jobs::add_bench_command(app);
   mom::jobs::add_convert_command(app);
+  mom::jobs::add_serve_command(app);
+  mom::jobs::add_route_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

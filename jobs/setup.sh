@@ -15,6 +15,8 @@ packages=(
   libopenmpi-dev openmpi-bin
   libboost-dev libboost-program-options-dev
   nlohmann-json3-dev libcli11-dev libicu-dev
+  libcpp-httplib-dev              # the routing service's HTTP (mom serve)
+  curl                            # the service tests' client
   libgtest-dev
   python3-torch python3-h5py python3-numpy python3-regex  # independent references for the tests
   python3-matplotlib              # jobs/analysis/plot_run.py and the studies' plots

@@ -181,10 +181,8 @@ void Engine::count(const std::vector<Gpt2::StageTrace>& traces) {
     for (const RouterTrace& t : st.routers) {
       if (steps.size() <= static_cast<size_t>(t.step)) steps.resize(static_cast<size_t>(t.step) + 1);
       auto& c = steps[static_cast<size_t>(t.step)][t.router];
-      c.resize(static_cast<size_t>(t.classes), 0);
       for (size_t i = 0; i < t.modules.size(); ++i)
-        if (!t.dropped[i])
-          ++c[t.modules[i] < 0 ? static_cast<size_t>(t.classes - 1) : static_cast<size_t>(t.modules[i])];
+        if (!t.dropped[i]) ++c[t.modules[i] < 0 ? std::string("skip") : std::to_string(t.modules[i])];
     }
   }
 }

@@ -101,8 +101,8 @@ class Engine {
 
   int queued() const;
   int running() const;
-  // Tokens routed to each module since start: {"chunks/0/": {"steps": [{"attn": [n per class,
-  // SKIP last]}, ...]}}.
+  // Tokens routed to each module since start: {"chunks/0": {"steps": [{"attn": {"0": n, "1": n,
+  // "skip": n}, "ffn": {...}}, ...]}}.
   nlohmann::json routing_counts() const;
   const Gpt2& model() const { return model_; }
 
@@ -131,7 +131,8 @@ class Engine {
   std::vector<std::unique_ptr<Live>> live_;  // by slot; null: free
   int running_ = 0;
   bool stopping_ = false, admitting_ = true;
-  std::map<std::string, std::vector<std::map<std::string, std::vector<int64_t>>>> counts_;
+  // stage -> step -> router -> module id or "skip" -> tokens
+  std::map<std::string, std::vector<std::map<std::string, std::map<std::string, int64_t>>>> counts_;
   std::thread worker_;
 };
 
