@@ -29,6 +29,7 @@
 #include "io/config.h"
 #include "io/dataloader.h"
 #include "jobs/commands.h"
+#include "jobs/scoring.h"
 
 namespace mom::jobs {
 namespace {
@@ -75,9 +76,8 @@ struct RouterColumns {
 void add_route_command(CLI::App& app) {
   struct Args {
     std::string ckpt, out;
-    std::vector<std::string> data, disabled;
-    int64_t batches = 0;
-    int batch_size = 0, threads = 0, seq_len = 0;
+    std::vector<std::string> data;
+    ScoringOptions scoring;
     bool force = false;
   };
   auto args = std::make_shared<Args>();
@@ -86,40 +86,16 @@ void add_route_command(CLI::App& app) {
   cmd->add_option("checkpoint", args->ckpt, "Checkpoint (.h5)")->required();
   cmd->add_option("--data", args->data, "Token files to route (paths or globs such as DIR/val_*.bin)")->required();
   cmd->add_option("-o,--out", args->out, "The trace file to write (.h5)")->required();
-  cmd->add_option("--batches", args->batches, "Batches to route (0: the whole file)");
-  cmd->add_option("--batch-size", args->batch_size, "Batch size (0: the config's)");
-  cmd->add_option("--seq-len", args->seq_len,
-                  "Window length T, at most the model's context (0: the config's train.seq_len); windows of T+1 "
-                  "tokens at stride T, as `mom eval` cuts them");
-  cmd->add_option("--threads", args->threads, "CPU threads (0: all cores)");
-  cmd->add_option("--disable-module", args->disabled,
-                  "Ablate a module, STAGE/SIDE/MODULE such as chunks/0/attn/1 (repeatable): its tokens take their "
-                  "next choice")
-      ->allow_extra_args(false);
+  add_scoring_options(cmd, args->scoring);
   cmd->add_flag("--force", args->force, "Replace an existing trace file");
   cmd->callback([args] {
     std::error_code ec;
     require(args->force || !std::filesystem::exists(args->out, ec),
             "trace file " + args->out + " exists; pass --force to replace it");
-    require(args->seq_len >= 0, "--seq-len must be >= 1 (0: the config's train.seq_len)");
-    require(args->batch_size >= 0, "--batch-size must be >= 1 (0: the config's train.batch_size)");
-    require(args->batches >= 0, "--batches must be >= 1 (0: the whole file)");
-    const nlohmann::json config_json = read_checkpoint_config(args->ckpt);
-    const io::RunConfig cfg = io::config_from_json(config_json, "checkpoint '" + args->ckpt + "'");
-    const int B = args->batch_size > 0 ? args->batch_size : cfg.train.batch_size;
-    const int T = args->seq_len > 0 ? args->seq_len : cfg.train.seq_len;
-    require(T <= cfg.model.n_ctx, "--seq-len " + std::to_string(T) + " exceeds the model's context (model.n_ctx " +
-                                      std::to_string(cfg.model.n_ctx) + "); choose at most " +
-                                      std::to_string(cfg.model.n_ctx));
-    Backend& be = backend_for(parse_device(cfg.train.device));
-    be.set_num_threads(args->threads);
-    Gpt2 model(cfg.model, be);
-    load_checkpoint(args->ckpt, model, nullptr, nullptr);
-    for (const std::string& path : args->disabled) model.disable_module(path);
-    io::TokenLoader loader(
-        {args->data, io::parse_shard_format(cfg.data.format), B, T, cfg.train.seed, false, 0, 1, cfg.model.vocab_size});
-    const int64_t avail = static_cast<int64_t>(loader.batches_per_epoch());
-    const int64_t n = args->batches > 0 ? std::min(args->batches, avail) : avail;
+    ScoringRun run = open_scoring(args->ckpt, args->data, args->scoring);
+    Gpt2& model = *run.model;
+    const int B = run.B, T = run.T;
+    const int64_t n = run.batches;
     const int64_t N = static_cast<int64_t>(B) * T, total = n * N;
 
     // Pool sizes per stage name, for the group attributes.
@@ -142,7 +118,7 @@ void add_route_command(CLI::App& app) {
         r.modules_col.flush(w), r.weights_col.flush(w), r.probs_col.flush(w), r.dropped_col.flush(w);
     };
     for (int64_t i = 0; i < n; ++i) {
-      loader.next_batch(x.data(), y.data());
+      run.loader->next_batch(x.data(), y.data());
       sum += model.forward(x.data(), y.data(), B, T);
       model.token_losses(tl);
       require(static_cast<int64_t>(tl.size()) == N, "mom route: the model returned " + std::to_string(tl.size()) +
@@ -205,11 +181,11 @@ void add_route_command(CLI::App& app) {
     flush_all();
     const double loss = sum / static_cast<double>(n);
 
-    nlohmann::json disabled = args->disabled;
+    nlohmann::json disabled = args->scoring.disabled;
     w.set_attr("/", "kind", std::string("mom-routing-trace"));
     w.set_attr("/", "trace_version", int64_t{1});
     w.set_attr("/", "checkpoint", args->ckpt);
-    w.set_attr("/", "config", config_json.dump());
+    w.set_attr("/", "config", run.config_json.dump());
     w.set_attr("/", "data", nlohmann::json(args->data).dump());
     w.set_attr("/", "seq_len", T);
     w.set_attr("/", "batch_size", B);
@@ -231,10 +207,7 @@ void add_route_command(CLI::App& app) {
 
     std::string pattern;
     for (const auto& d : args->data) pattern += (pattern.empty() ? "" : " ") + d;
-    std::printf("%s: %lld batches x %d x %d tokens | loss %.4f | perplexity %.2f", pattern.c_str(),
-                static_cast<long long>(n), B, T, loss, std::exp(loss));
-    for (const auto& d : args->disabled) std::printf(" | without %s", d.c_str());
-    std::printf("\n");
+    std::printf("%s\n", scoring_line(pattern, run, loss, args->scoring).c_str());
     if (routers.empty())
       std::printf("the model has no routed stages: %s holds tokens, targets and losses only\n", args->out.c_str());
     for (const RouterColumns& r : routers) {

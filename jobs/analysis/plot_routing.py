@@ -77,6 +77,17 @@ def annotate(ax, m, fmt, extra=None):
                     color="white" if m[i, j] < 0.6 * (m.max() or 1) else "black")
 
 
+def save(fig, title, path):
+    """Titles, lays out, writes and closes one figure; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("trace")
@@ -113,11 +124,7 @@ def main():
         ax.set_xlabel("module")
         ax.set_ylabel("assembly step")
         ax.set_title(f"{r} (top-{K})", fontsize=9)
-    fig.suptitle("load per module and step (share of choices)\n" + title, fontsize=9)
-    fig.tight_layout()
-    written.append(prefix + "_load.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(save(fig, "load per module and step (share of choices)\n" + title, prefix + "_load.png"))
 
     # (b) SKIP rate by position in the window: the share of a position's choices that are SKIP.
     fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.4), squeeze=False)
@@ -139,11 +146,7 @@ def main():
         ax.set_title(r, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("SKIP rate by position\n" + title, fontsize=9)
-    fig.tight_layout()
-    written.append(prefix + "_skip_position.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    written.append(save(fig, "SKIP rate by position\n" + title, prefix + "_skip_position.png"))
 
     # (c) co-selection of attention and FFN modules within MoM chunks.
     chunks = [r[:-len("/attn")] for r in routers if r.endswith("/attn") and r[:-len("/attn")] + "/ffn" in routers]
@@ -172,11 +175,8 @@ def main():
         ax.set_xlabel("FFN module")
         ax.set_ylabel("attention module")
         ax.set_title(f"{c}: same token, same step", fontsize=9)
-    fig.suptitle("co-selection of attention and FFN modules (share of pairs; xlift)\n" + title, fontsize=9)
-    fig.tight_layout()
-    written.append(prefix + "_coselect.png")
-    fig.savefig(written[-1], dpi=100)
-    plt.close(fig)
+    title = "co-selection of attention and FFN modules (share of pairs; xlift)\n" + title
+    written.append(save(fig, title, prefix + "_coselect.png"))
 
     for w in written:
         print(f"wrote {w}")
