@@ -561,7 +561,7 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
                  (ch.finished && !ch.closed);
         };
         for (;;) {
-          bool all_closed = true;
+          bool all_closed = true, wrote = false;
           for (auto& ch : c->choices) {
             all_closed = all_closed && ch.closed;
             if (!pending(ch)) continue;
@@ -587,9 +587,10 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
               c->cancel = true;
               return false;
             }
-            all_closed = false;  // look again: more may have come while writing
+            wrote = true;
           }
           if (all_closed) break;
+          if (wrote) continue;  // look again before waiting: more may have come while writing
           const bool woke = c->cv.wait_until(lock, deadline, [&] {
             for (const auto& ch : c->choices)
               if (pending(ch)) return true;
