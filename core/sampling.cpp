@@ -17,31 +17,54 @@ double log_sum_exp(const float* logits, int V) {
 
 int32_t sample_token(const float* logits, int V, const SamplingParams& p, Rng& rng, std::vector<int32_t>& order) {
   if (p.temperature == 0) return static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+  const double mx = *std::max_element(logits, logits + V);
+  auto weight = [&](int32_t v) { return std::exp((static_cast<double>(logits[v]) - mx) / p.temperature); };
+  const int k = p.top_k > 0 ? std::min(p.top_k, V) : V;
+  if (k == V && p.top_p >= 1.0) {  // every token a candidate: one pass, no sort
+    double sum = 0;
+    for (int v = 0; v < V; ++v) sum += weight(v);
+    double u = rng.uniform() * sum;
+    for (int v = 0; v < V; ++v) {
+      const double w = weight(v);
+      if (u < w) return v;
+      u -= w;
+    }
+    return V - 1;
+  }
   order.resize(static_cast<size_t>(V));
   std::iota(order.begin(), order.end(), 0);
-  const int k = p.top_k > 0 ? std::min(p.top_k, V) : V;
   auto by_logit = [&](int32_t a, int32_t b) { return logits[a] != logits[b] ? logits[a] > logits[b] : a < b; };
-  std::partial_sort(order.begin(), order.begin() + k, order.end(), by_logit);
-  std::vector<double> probs(static_cast<size_t>(k));
-  const double mx = logits[order[0]];
-  double sum = 0;
-  for (int j = 0; j < k; ++j) sum += probs[j] = std::exp((logits[order[j]] - mx) / p.temperature);
-  // Nucleus: the smallest head of the sorted candidates whose share reaches top_p.
+  const auto cand_end = order.begin() + k;
+  if (k < V) std::nth_element(order.begin(), cand_end - 1, order.end(), by_logit);
   int n = k;
   if (p.top_p < 1.0) {
+    // Nucleus: the smallest head of the candidates, most likely first, whose share reaches
+    // top_p. The head is sorted in growing slices, so a peaked distribution sorts a few dozen.
+    double sum = 0;
+    for (auto it = order.begin(); it != cand_end; ++it) sum += weight(*it);
     double head = 0;
-    for (n = 0; n < k;) {
-      head += probs[n++];
-      if (head >= p.top_p * sum) break;
+    bool reached = false;
+    for (int sorted = 0, upto = std::min(k, 64); !reached; sorted = upto, upto = std::min(k, upto * 4)) {
+      std::partial_sort(order.begin() + sorted, order.begin() + upto, cand_end, by_logit);
+      for (int j = sorted; j < upto && !reached; ++j) {
+        head += weight(order[static_cast<size_t>(j)]);
+        if (head >= p.top_p * sum) n = j + 1, reached = true;
+      }
+      if (upto == k) break;
     }
-    sum = head;
   }
+  // The draw walks the candidates in id order: the same set gives the same token whichever
+  // way it was found.
+  std::sort(order.begin(), order.begin() + n);
+  double sum = 0;
+  for (int j = 0; j < n; ++j) sum += weight(order[static_cast<size_t>(j)]);
   double u = rng.uniform() * sum;
   for (int j = 0; j < n; ++j) {
-    if (u < probs[j]) return order[j];
-    u -= probs[j];
+    const double w = weight(order[static_cast<size_t>(j)]);
+    if (u < w) return order[static_cast<size_t>(j)];
+    u -= w;
   }
-  return order[n - 1];
+  return order[static_cast<size_t>(n - 1)];
 }
 
 double token_logprob(const float* logits, int V, int32_t token) { return logits[token] - log_sum_exp(logits, V); }

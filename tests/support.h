@@ -10,8 +10,8 @@
 namespace mom::test {
 
 struct RunResult {
-  int exit_code = -1;   // the process's exit status, or 128+signal when killed
-  std::string output;   // stdout and stderr together
+  int exit_code = -1;  // the process's exit status, or 128+signal when killed
+  std::string output;  // stdout and stderr together
 };
 
 // Runs `command` through /bin/sh, capturing stdout+stderr.
@@ -19,8 +19,8 @@ RunResult run(const std::string& command);
 // Runs the built `mom` binary with `args` (already shell-quoted where needed).
 RunResult run_mom(const std::string& args);
 
-std::string source_dir();   // repository root
-std::string mom_binary();   // absolute path of the built `mom`
+std::string source_dir();  // repository root
+std::string mom_binary();  // absolute path of the built `mom`
 // Debian's interpreter with torch and h5py (not the python3 first on PATH).
 std::string reference_python();
 
@@ -55,5 +55,9 @@ std::map<int64_t, double> losses_by_step(const std::string& metrics_path);
 // by prepare_tiny_corpus, as JSON text; `train_extra` is merged into its "train" section.
 std::string tiny_config_json(const std::string& data_dir, const std::string& run_dir,
                              const std::string& train_extra = "");
+// A small routed stack on such a corpus: a dense block, a MoM chunk (4 + 4 modules, SKIP,
+// top-2, 2 steps, GRU routers, anchored) and an MoE layer (4 experts, top-2, capacity factor 1,
+// so that some assignments are dropped); context 32, 6 steps, a checkpoint at step 6.
+std::string routed_config_json(const std::string& data_dir, const std::string& run_dir);
 
 }  // namespace mom::test

@@ -30,29 +30,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A dense block, a MoM chunk (4 + 4 modules, SKIP, top-2, 2 steps, GRU routers, anchored) and an
-// MoE layer (4 experts, top-2, capacity factor 1, so that some assignments are dropped).
-std::string routed_config(const std::string& data, const std::string& run_dir) {
-  return R"({"model": {"n_ctx": 32, "n_head": 2, "n_embd": 32, "stack": [
-              {"type": "dense", "count": 1},
-              {"type": "mom", "attn_modules": 4, "ffn_modules": 4, "skip": true, "steps": 2, "top_k": 2,
-               "router": "gru", "router_dim": 16, "anchor": true, "balance_coef": 0.01},
-              {"type": "moe", "experts": 4, "top_k": 2, "aux_coef": 0.01, "capacity_factor": 1.0}]},
-            "data": {"train": ")" +
-         data + R"(/train_*.bin", "val": ")" + data + R"(/val_*.bin"},
-            "train": {"batch_size": 2, "seq_len": 32, "steps": 6, "warmup_steps": 2, "lr": 2e-3, "threads": 1,
-                      "eval_every": 0, "save_every": 6, "seed": 3},
-            "run_dir": ")" +
-         run_dir + R"("})";
-}
-
 class Route : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new ScratchDir("route");
     prepare_tiny_corpus(*dir_ / "data");
     const std::string cfg = *dir_ / "routed.json";
-    write_file(cfg, routed_config(*dir_ / "data", *dir_ / "routed"));
+    write_file(cfg, routed_config_json(*dir_ / "data", *dir_ / "routed"));
     RunResult r = run_mom("train --config " + shell_quote(cfg));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     ckpt_ = *dir_ / "routed/ckpt_00000006.h5";

@@ -4,10 +4,11 @@
 #
 #   jobs/launch/mpirun.sh -np N [--ep E] [--bind auto|core|none] [--dry-run] -- <mom args>
 #   jobs/launch/mpirun.sh -np 2 --ep 2 -- train --config jobs/configs/moe_tiny_cpu.json
+#   jobs/launch/mpirun.sh -np 2 --ep 2 -- serve runs/demo_mom/ckpt_00000040.h5 --port 8080
 #
 #   -np N, -n N    ranks (default: SLURM_NTASKS inside a Slurm allocation; otherwise required)
 #   --ep E         expert-parallel size: adds `--set train.ep_size=E` to the mom arguments
-#                  (N must be a multiple of E)
+#                  (N must be a multiple of E); for `serve`, `--ep E` (E must equal N)
 #   --bind MODE    auto (default): each rank bound to its own core(s) (--map-by slot:PE=C
 #                  --bind-to core; C = physical cores / N, or 1 inside Slurm); unbound when
 #                  oversubscribed or inside Slurm with --cpus-per-task > 1 (Slurm's cgroup
@@ -29,7 +30,7 @@
 #
 # Signals: SIGUSR1 or SIGTERM to this script asks every rank to stop cleanly (SIGUSR1 to
 # mpirun, which forwards it): mom finishes the step, saves a checkpoint and exits 75, and so
-# does this script. SIGINT aborts the ranks. The exit status is mpirun's: the first non-zero
+# does this script (a server drains its requests and exits 0). SIGINT aborts the ranks. The exit status is mpirun's: the first non-zero
 # status of a rank, else 0; 2 for bad arguments.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -133,7 +134,16 @@ for v in $(compgen -e | grep '^MOM_' || true); do args+=(-x "$v"); done
 extra=(${MOM_MPIRUN_ARGS:-})
 
 mom_args=("$@")
-[ -n "$ep" ] && mom_args+=(--set "train.ep_size=$ep")
+if [ -n "$ep" ]; then
+  # A server shards one copy of the model over all its ranks (its own --ep); training splits
+  # the ranks into expert-parallel groups (train.ep_size).
+  if [ "${mom_args[0]}" = serve ]; then
+    ((ep == np)) || fail_usage "mom serve shards one model over all the ranks: --ep must equal -np ($np), not $ep"
+    mom_args+=(--ep "$ep")
+  else
+    mom_args+=(--set "train.ep_size=$ep")
+  fi
+fi
 
 cmd=("$mpirun" "${args[@]}" "${extra[@]}" "$mom" "${mom_args[@]}")
 if ((dry_run)); then

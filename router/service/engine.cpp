@@ -1,5 +1,6 @@
 #include "router/service/engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -29,7 +30,12 @@ Engine::Engine(Gpt2& model, const EngineOptions& options) : model_(model), opt_(
   require(!opt_.group || opt_.group->rank() == 0, "engine: runs on rank 0 of its group; the others follow()");
   model_.prepare_decode(opt_.max_sequences, model_.config().n_ctx);
   live_.resize(static_cast<size_t>(opt_.max_sequences));
-  worker_ = std::thread([this] { loop(); });
+  // OpenMP's thread count is per thread: the worker takes the one its creator set (--threads),
+  // not the process default, so that it computes exactly as `mom eval` or `mom generate` would.
+  worker_ = std::thread([this, threads = model_.backend().num_threads()] {
+    model_.backend().set_num_threads(threads);
+    loop();
+  });
 }
 
 Engine::~Engine() {
@@ -65,26 +71,41 @@ void Engine::follow(Gpt2& model, Communicator& group, int max_sequences) {
 }
 
 Engine::Admission Engine::submit(GenerateRequest request, Sink sink) {
-  const int ctx = model_.config().n_ctx, n = static_cast<int>(request.prompt.size());
-  if (n < 1) return {false, false, "the prompt must hold at least one token"};
-  if (request.max_tokens < 0) return {false, false, "max_tokens must be >= 0"};
-  if (n + request.max_tokens > ctx)
-    return {false, false,
-            "the prompt (" + std::to_string(n) + " tokens) plus max_tokens (" + std::to_string(request.max_tokens) +
-                ") exceeds the model's context of " + std::to_string(ctx) + " tokens"};
-  const int V = model_.config().vocab_size;
-  for (int32_t t : request.prompt)
-    if (t < 0 || t >= V)
+  std::vector<Submission> one;
+  one.push_back({std::move(request), std::move(sink)});
+  return submit(std::move(one));
+}
+
+Engine::Admission Engine::submit(std::vector<Submission> group) {
+  const int ctx = model_.config().n_ctx, V = model_.config().vocab_size;
+  for (const Submission& s : group) {
+    const GenerateRequest& request = s.request;
+    const int n = static_cast<int>(request.prompt.size());
+    if (n < 1) return {false, false, "the prompt must hold at least one token"};
+    if (request.max_tokens < 0) return {false, false, "max_tokens must be >= 0"};
+    if (n + request.max_tokens > ctx)
       return {false, false,
-              "token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(V - 1) + ")"};
+              "the prompt (" + std::to_string(n) + " tokens) plus max_tokens (" + std::to_string(request.max_tokens) +
+                  ") exceeds the model's context of " + std::to_string(ctx) + " tokens"};
+    for (int32_t t : request.prompt)
+      if (t < 0 || t >= V)
+        return {false, false,
+                "token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(V - 1) + ")"};
+  }
+  const int k = static_cast<int>(group.size()), capacity = opt_.max_sequences + opt_.queue_limit;
+  if (k > capacity)
+    return {false, false,
+            "the request needs " + std::to_string(k) + " sequences (prompts x n) but the server runs " +
+                std::to_string(opt_.max_sequences) + " and queues " + std::to_string(opt_.queue_limit) +
+                " at most: lower n, or raise --max-sequences / --queue"};
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!admitting_ || stopping_) return {false, true, "the server is shutting down"};
-    if (static_cast<int>(queue_.size()) >= opt_.queue_limit)
+    if (running_ + static_cast<int>(queue_.size()) + k > capacity)
       return {false, true,
-              "the queue is full (" + std::to_string(opt_.queue_limit) + " waiting, " + std::to_string(running_) +
-                  " running); retry later"};
-    queue_.emplace_back(std::move(request), std::move(sink));
+              "the queue is full (" + std::to_string(queue_.size()) + " waiting of " +
+                  std::to_string(opt_.queue_limit) + ", " + std::to_string(running_) + " running); retry later"};
+    for (Submission& s : group) queue_.emplace_back(std::move(s.request), std::move(s.sink));
   }
   wake_.notify_all();
   return {true, false, ""};
@@ -161,9 +182,13 @@ nlohmann::json Engine::row_trace(const std::vector<Gpt2::StageTrace>& traces, in
     for (const RouterTrace& t : st.routers) {
       while (static_cast<int>(steps.size()) <= t.step) steps.push_back(nlohmann::json::object());
       const auto at = static_cast<size_t>(row * t.K);
-      steps[static_cast<size_t>(t.step)][t.router] = {
-          {"modules", std::vector<int32_t>(t.modules.begin() + at, t.modules.begin() + at + t.K)},
-          {"weights", std::vector<double>(t.weights.begin() + at, t.weights.begin() + at + t.K)}};
+      nlohmann::json& e = steps[static_cast<size_t>(t.step)][t.router];
+      e = {{"modules", std::vector<int32_t>(t.modules.begin() + at, t.modules.begin() + at + t.K)},
+           {"weights", std::vector<double>(t.weights.begin() + at, t.weights.begin() + at + t.K)}};
+      // Only an MoE layer with a capacity drops assignments; the flags come when one was.
+      const auto first = t.dropped.begin() + static_cast<std::ptrdiff_t>(at);
+      if (std::any_of(first, first + t.K, [](auto d) { return d != 0; }))
+        e["dropped"] = std::vector<int>(first, first + t.K);
     }
     std::string name = st.stage;
     if (!name.empty() && name.back() == '/') name.pop_back();
@@ -293,8 +318,7 @@ void Engine::loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       auto ready = [&] {
-        return stopping_ || !jobs_.empty() || running_ > 0 ||
-               (admitting_ && !queue_.empty() && running_ < opt_.max_sequences);
+        return stopping_ || !jobs_.empty() || running_ > 0 || (!queue_.empty() && running_ < opt_.max_sequences);
       };
       if (opt_.group) {  // followers wait inside a collective: keep them from timing out
         if (!wake_.wait_for(lock, std::chrono::seconds(1), ready)) {
@@ -316,7 +340,8 @@ void Engine::loop() {
       std::unique_ptr<Live> r;
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (!admitting_ || queue_.empty() || running_ >= opt_.max_sequences) break;
+        // A drain still runs what was queued: it was accepted.
+        if (queue_.empty() || running_ >= opt_.max_sequences) break;
         r = std::make_unique<Live>();
         r->req = std::move(queue_.front().first), r->sink = std::move(queue_.front().second);
         queue_.pop_front();

@@ -88,6 +88,13 @@ class Engine {
     std::string message;
   };
   Admission submit(GenerateRequest request, Sink sink);
+  // Queues several requests (the choices of one completion) all together or none: they are
+  // refused when running + queued + their number would exceed max_sequences + queue_limit.
+  struct Submission {
+    GenerateRequest request;
+    Sink sink;
+  };
+  Admission submit(std::vector<Submission> group);
   // Scores tokens without generating; runs on the engine's thread between steps and blocks.
   ScoreResult score(const std::vector<int32_t>& tokens);
   // Stops admitting; waits up to `seconds` for running and queued requests; then cancels

@@ -136,10 +136,11 @@ struct HttpServer::Completion {
             [this, c, &metrics](const TokenEvent& e) {
               if (cancel) return false;
               std::lock_guard<std::mutex> lock(mu);
-              if (!first_token) {
-                first_token = true;
+              {  // counted as generated, also when the client hangs up before it is sent
                 std::lock_guard<std::mutex> m(metrics.mu);
-                metrics.ttft.add(std::chrono::duration<double>(Clock::now() - start).count());
+                ++metrics.completion_tokens;
+                if (!first_token) metrics.ttft.add(std::chrono::duration<double>(Clock::now() - start).count());
+                first_token = true;
               }
               Choice& ch = choices[c];
               ch.tokens.push_back(e.token);
@@ -238,7 +239,12 @@ void HttpServer::set_ready(Engine* engine, const io::Gpt2Tokenizer* tokenizer, j
 
 void HttpServer::shutdown(double drain_s) {
   closing_ = true;
-  if (Engine* e = engine_.load()) e->drain(drain_s);
+  if (Engine* e = engine_.load()) {
+    std::fprintf(stderr, "mom serve: draining: %d running, %d queued (at most %g s)\n", e->running(), e->queued(),
+                 drain_s);
+    if (const int cancelled = e->drain(drain_s))
+      std::fprintf(stderr, "mom serve: %d requests cancelled after the drain time\n", cancelled);
+  }
   http_->stop();
 }
 
@@ -300,7 +306,7 @@ void HttpServer::routes() {
       } catch (const std::exception& e) {
         error(res, {500, std::string("internal error: ") + e.what(), "server_error", "", "internal"});
       }
-      if (res.content_length_ == 0 && !res.is_chunked_content_provider_) {  // timed now; streams time themselves
+      if (req.path != "/v1/completions") {  // completions time themselves (streams end later)
         std::lock_guard<std::mutex> lock(metrics_->mu);
         metrics_->latency[endpoint_label(req.path)].add(std::chrono::duration<double>(Clock::now() - t0).count());
       }
@@ -352,13 +358,13 @@ void HttpServer::routes() {
             << "mom_running_requests " << (e ? e->running() : 0) << "\n";
           o << "# HELP mom_routed_tokens_total Tokens routed to each module (module=\"skip\": SKIP) since start, "
                "by routed stage, assembly step and router.\n# TYPE mom_routed_tokens_total counter\n";
-          if (e)
-            for (auto& [stage, st] : e->routing_counts().items())
-              for (size_t h = 0; h < st["steps"].size(); ++h)
-                for (auto& [router, counts] : st["steps"][h].items())
-                  for (auto& [module, n] : counts.items())
-                    o << "mom_routed_tokens_total{stage=\"" << stage << "\",step=\"" << h << "\",router=\"" << router
-                      << "\",module=\"" << module << "\"} " << n.get<int64_t>() << "\n";
+          const json routed = e ? e->routing_counts() : json::object();  // kept alive for items()
+          for (auto& [stage, st] : routed.items())
+            for (size_t h = 0; h < st["steps"].size(); ++h)
+              for (auto& [router, counts] : st["steps"][h].items())
+                for (auto& [module, n] : counts.items())
+                  o << "mom_routed_tokens_total{stage=\"" << stage << "\",step=\"" << h << "\",router=\"" << router
+                    << "\",module=\"" << module << "\"} " << n.get<int64_t>() << "\n";
           r.set_content(o.str(), "text/plain; version=0.0.4");
         }));
   // Known paths with another method: 405, naming the one allowed.
@@ -440,6 +446,7 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
     for (size_t i = 0; i < q.prompts.size(); ++i)
       if (q.prompts[i].size() >= 2) prompt_logprobs[i] = engine.score(q.prompts[i]).logprobs;
   const uint64_t base_seed = q.seed ? *q.seed : random_seed();
+  std::vector<Engine::Submission> group;
   for (size_t k = 0; k < n_choices; ++k) {
     Completion::Choice& ch = c->choices[k];
     ch.index = static_cast<int>(k), ch.prompt = static_cast<int>(k / static_cast<size_t>(q.n));
@@ -451,14 +458,14 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
     g.logprobs = std::max(0, q.logprobs);
     g.trace = q.routing != RoutingDetail::None;
     g.stop_token = tokenizer_ ? tokenizer_->eot() : -1;
-    const Engine::Admission a = engine.submit(std::move(g), c->sink(k, *metrics_));
-    if (!a.accepted) {
-      c->cancel = true;  // those already queued stop at their first token
-      throw ApiError{a.queue_full ? (closing_ ? 503 : 429) : 400, a.message,
-                     a.queue_full ? "server_error" : "invalid_request_error", "",
-                     a.queue_full ? "queue_full" : "invalid_value"};
-    }
+    group.push_back({std::move(g), c->sink(k, *metrics_)});
   }
+  // All the choices enter the queue together, or the request is refused whole.
+  const Engine::Admission a = engine.submit(std::move(group));
+  if (!a.accepted)
+    throw ApiError{a.queue_full ? (closing_ ? 503 : 429) : 400, a.message,
+                   a.queue_full ? "server_error" : "invalid_request_error", a.queue_full ? "" : "n",
+                   a.queue_full ? "queue_full" : "invalid_value"};
   {
     std::lock_guard<std::mutex> lock(metrics_->mu);
     for (const auto& p : q.prompts) metrics_->prompt_tokens += static_cast<int64_t>(p.size());
@@ -472,9 +479,8 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
     for (const auto& ch : c->choices) completion += static_cast<int64_t>(ch.tokens.size());
     return json{{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
   };
-  auto count_completion = [this, c] {
+  auto time_completion = [this, c] {
     std::lock_guard<std::mutex> lock(metrics_->mu);
-    for (const auto& ch : c->choices) metrics_->completion_tokens += static_cast<int64_t>(ch.tokens.size());
     metrics_->latency["/v1/completions"].add(std::chrono::duration<double>(Clock::now() - c->start).count());
   };
   const double timeout = opt_.timeout_s;
@@ -526,7 +532,7 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
       choices.push_back(j);
     }
     lock.unlock();
-    count_completion();
+    time_completion();
     return reply(res, 200,
                  {{"id", c->id},
                   {"object", "text_completion"},
@@ -540,7 +546,7 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
   // an optional usage chunk, and [DONE]. A failed write means the client left: generation stops.
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, c, prompt_text, usage, count_completion, timeout](size_t, httplib::DataSink& sink) {
+      [this, c, prompt_text, usage, time_completion, timeout](size_t, httplib::DataSink& sink) {
         const CompletionRequest& q = c->req;
         auto send = [&](const json& j) {
           const std::string ev = "data: " + dump(j) + "\n\n";
@@ -613,7 +619,7 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
         }
         const std::string done = "data: [DONE]\n\n";
         if (!sink.write(done.data(), done.size())) return false;
-        count_completion();
+        time_completion();
         sink.done();
         return true;
       },
