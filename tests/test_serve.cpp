@@ -295,14 +295,15 @@ TEST_F(Serve, CurlCompletionsEqualMomGenerateAndStreamEqualsTheWhole) {
   EXPECT_EQ(got["object"], "text_completion");
   std::printf("greedy completion of %s: %s\n", json(kPrompt).dump().c_str(), json(text).dump().c_str());
 
-  // Streaming (curl -N): one event per token, then [DONE]; the deltas add up to the whole.
+  // Streaming (curl -N): one event per token (its logprobs name it), the finish_reason in the
+  // last (an event of its own, with no token, when the end was known only after the last
+  // token went out), then [DONE]; the deltas add up to the whole.
   json sbody = body;
   sbody["stream"] = true;
-  sbody.erase("logprobs");
   const std::string raw =
       curl("-N -H 'Content-Type: application/json' -d " + shell_quote(sbody.dump()) + " " + url + "/v1/completions");
-  std::string streamed;
-  int events = 0;
+  std::string streamed, finish;
+  int events = 0, tokens = 0;
   size_t at = 0, end;
   std::string last;
   while ((end = raw.find("\n\n", at)) != std::string::npos) {
@@ -310,11 +311,20 @@ TEST_F(Serve, CurlCompletionsEqualMomGenerateAndStreamEqualsTheWhole) {
     at = end + 2;
     if (last == "[DONE]") break;
     ++events;
-    streamed += json::parse(last)["choices"][0]["text"].get<std::string>();
+    const json c = json::parse(last)["choices"][0];
+    EXPECT_TRUE(finish.empty()) << "an event after the finish: " << last;
+    const int here = c["logprobs"].is_null() ? 0 : static_cast<int>(c["logprobs"]["tokens"].size());
+    EXPECT_EQ(here, c["finish_reason"].is_null() ? 1 : here) << last;
+    EXPECT_LE(here, 1) << last;
+    tokens += here;
+    streamed += c["text"].get<std::string>();
+    if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
   }
   EXPECT_EQ(last, "[DONE]") << raw;
   EXPECT_EQ(streamed, text);
-  EXPECT_GE(events, got["usage"]["completion_tokens"].get<int>());
+  EXPECT_EQ(finish, got["choices"][0]["finish_reason"]);
+  EXPECT_EQ(tokens, got["usage"]["completion_tokens"].get<int>());
+  EXPECT_LE(events, tokens + 1);
   stop(*s);
 }
 

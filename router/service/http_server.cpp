@@ -107,6 +107,7 @@ struct HttpServer::Completion {
     std::vector<json> top, routing;
     json prompt_routing;
     std::string bytes;                 // the completion's text so far (cut at a stop string)
+    std::vector<size_t> ends;          // [token] where its bytes end in `bytes` (before a cut)
     size_t sent = 0, tokens_sent = 0;  // streamed so far
     bool finished = false, stopped = false, started = false, closed = false;
     std::string reason;
@@ -151,6 +152,7 @@ struct HttpServer::Completion {
               ch.routing.push_back(e.routing);
               const size_t before = ch.bytes.size();
               ch.bytes += piece(e.token);
+              ch.ends.push_back(ch.bytes.size());
               bool stop = false;
               const size_t from = before > max_stop ? before - max_stop : 0;
               size_t cut = std::string::npos;
@@ -562,23 +564,27 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
         std::unique_lock<std::mutex> lock(c->mu);
         const auto deadline =
             c->start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout));
+        // One event per token (its text: the bytes that became final with it, which a
+        // possible stop string or a split character may hold back to a later event), and a
+        // choice's last event carries its finish_reason.
         auto pending = [&](const Completion::Choice& ch) {
-          return !ch.started || c->ready(ch) > ch.sent || ch.tokens.size() > ch.tokens_sent ||
-                 (ch.finished && !ch.closed);
+          return ch.tokens.size() > ch.tokens_sent || (ch.finished && !ch.closed);
         };
         for (;;) {
           bool all_closed = true, wrote = false;
           for (auto& ch : c->choices) {
             all_closed = all_closed && ch.closed;
             if (!pending(ch)) continue;
-            const size_t upto = c->ready(ch), t0 = ch.tokens_sent, t1 = ch.tokens.size();
-            const bool first = !ch.started, closing = ch.finished;
+            const size_t t0 = ch.tokens_sent, t1 = std::min(ch.tokens.size(), t0 + 1);
+            const bool first = !ch.started, closing = ch.finished && t1 == ch.tokens.size();
+            const size_t upto = closing ? c->ready(ch) : std::min(c->ready(ch), t1 > 0 ? ch.ends[t1 - 1] : 0);
             json choice = {{"index", ch.index},
                            {"text", (first && q.echo ? prompt_text(ch.prompt) : "") +
                                         ch.bytes.substr(ch.sent, upto > ch.sent ? upto - ch.sent : 0)},
                            {"logprobs", nullptr},
                            {"finish_reason", nullptr}};
-            if (q.logprobs >= 0 && t1 > t0) choice["logprobs"] = c->logprobs_of(ch, t0, t1, ch.sent);
+            if (q.logprobs >= 0 && t1 > t0)
+              choice["logprobs"] = c->logprobs_of(ch, t0, t1, t0 > 0 ? ch.ends[t0 - 1] : 0);
             if (q.routing == RoutingDetail::Tokens && (t1 > t0 || first))
               choice["routing"] = c->routing_of(ch, t0, t1, first);
             if (closing) {
