@@ -172,7 +172,8 @@ class Backend {
   // Runs body(j) for the modules j = 0..n-1 of a pool, whose work touches disjoint rows and
   // parameters. The CPU backend runs modules side by side, one thread each (a grouped GEMM:
   // many small GEMMs gain more from running whole than from being split across threads); a
-  // GPU backend may use streams. The default is a plain loop.
+  // GPU backend may use streams. The default is a plain loop. The serving engine also hands it
+  // independent host work, one task per row (sampling).
   virtual void run_modules(int n, const std::function<void(int)>& body) {
     for (int j = 0; j < n; ++j) body(j);
   }

@@ -35,7 +35,12 @@ int32_t sample_token(const float* logits, int V, const SamplingParams& p, Rng& r
   std::iota(order.begin(), order.end(), 0);
   auto by_logit = [&](int32_t a, int32_t b) { return logits[a] != logits[b] ? logits[a] > logits[b] : a < b; };
   const auto cand_end = order.begin() + k;
-  if (k < V) std::nth_element(order.begin(), cand_end - 1, order.end(), by_logit);
+  // A small top-k by heap selection (one pass in which most tokens lose one comparison, the k
+  // come out sorted); a large one by introselect.
+  if (k <= 1024 && k < V)
+    std::partial_sort(order.begin(), cand_end, order.end(), by_logit);
+  else if (k < V)
+    std::nth_element(order.begin(), cand_end - 1, order.end(), by_logit);
   int n = k;
   if (p.top_p < 1.0) {
     // Nucleus: the smallest head of the candidates, most likely first, whose share reaches

@@ -71,6 +71,7 @@ void add_decode_bench(CLI::App& bench) {
         service::GenerateRequest r;
         r.prompt = prompt(), r.max_tokens = args->tokens, r.seed = static_cast<uint64_t>(i);
         r.sampling.temperature = 0.8, r.sampling.top_k = 40;
+        r.logprobs = -1;  // as a completion request that does not ask for them
         auto seen = std::make_shared<int>(0);
         engine.submit(r, {nullptr,
                           [&, seen](const service::TokenEvent&) {

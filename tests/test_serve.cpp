@@ -273,6 +273,12 @@ TEST_F(Serve, CurlCompletionsEqualMomGenerateAndStreamEqualsTheWhole) {
   const json models = json::parse(curl(url + "/v1/models"));
   EXPECT_EQ(models["data"][0]["id"], "ckpt_00000006");
   EXPECT_EQ(models["data"][0]["context_length"], 32);
+  // Tokenize and back: the round trip is the text, the ids GPT-2's.
+  const json ids = json::parse(curl("-d '{\"prompt\": \"import os\\n\"}' " + url + "/tokenize"));
+  EXPECT_EQ(ids["tokens"], json({11748, 28686, 198})) << ids.dump();
+  EXPECT_EQ(json::parse(curl("-d " + shell_quote(json({{"tokens", ids["tokens"]}}).dump()) + " " + url +
+                             "/detokenize"))["prompt"],
+            "import os\n");
 
   // Greedy: the text `mom generate` prints after the prompt, token for token (logprobs
   // pieces and the usage count checked too).

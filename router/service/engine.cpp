@@ -226,11 +226,12 @@ void Engine::finish(Live& r, const std::string& reason) {
 
 namespace {
 
-// The chosen token's event; decides whether the request ends with it.
+// The chosen token's event (its log-probability only when asked for: a log-softmax over the
+// vocabulary costs as much as the sampling).
 TokenEvent event_of(const float* logits, int V, int32_t token, int logprobs) {
   TokenEvent e;
   e.token = token;
-  e.logprob = token_logprob(logits, V, token);
+  if (logprobs >= 0) e.logprob = token_logprob(logits, V, token);
   if (logprobs > 0) e.top = top_logprobs(logits, V, logprobs);
   return e;
 }
@@ -291,7 +292,7 @@ void Engine::step() {
   const auto traces = model_.routing_trace();
   count(traces);
   const int V = model_.config().vocab_size;
-  std::vector<int32_t> order;
+  std::vector<size_t> next;  // rows whose request goes on to its next token
   for (size_t m = 0; m < slots.size(); ++m) {
     Live& r = *live_[static_cast<size_t>(slots[m])];
     if (r.waiting) {  // the token this row fed now has its route
@@ -306,10 +307,22 @@ void Engine::step() {
         continue;
       }
     }
-    const float* row = logits.data() + m * static_cast<size_t>(V);
-    const int32_t token = sample_token(row, V, r.req.sampling, r.rng, order);
-    accept(r, token, event_of(row, V, token, r.req.logprobs));
+    next.push_back(m);
   }
+  // A row's token depends on its logits and its request's own Rng only, so the rows sample in
+  // parallel (a vocabulary-wide pass each); the requests then take their tokens in row order.
+  std::vector<int32_t> chosen(next.size());
+  std::vector<TokenEvent> events(next.size());
+  model_.backend().run_modules(static_cast<int>(next.size()), [&](int i) {
+    thread_local std::vector<int32_t> order;
+    const size_t m = next[static_cast<size_t>(i)];
+    Live& r = *live_[static_cast<size_t>(slots[m])];
+    const float* row = logits.data() + m * static_cast<size_t>(V);
+    chosen[static_cast<size_t>(i)] = sample_token(row, V, r.req.sampling, r.rng, order);
+    events[static_cast<size_t>(i)] = event_of(row, V, chosen[static_cast<size_t>(i)], r.req.logprobs);
+  });
+  for (size_t i = 0; i < next.size(); ++i)
+    accept(*live_[static_cast<size_t>(slots[next[i]])], chosen[i], std::move(events[i]));
 }
 
 void Engine::loop() {

@@ -37,7 +37,7 @@ struct GenerateRequest {
   int max_tokens = 16;          // prompt + max_tokens must fit the context (checked by submit)
   SamplingParams sampling;
   uint64_t seed = 0;
-  int logprobs = 0;         // alternatives reported per token (0: the chosen token's only)
+  int logprobs = 0;         // -1: none; 0: the chosen token's log-probability; n: and the n most likely
   bool trace = false;       // the routing trace of every token, prompt and completion
   int32_t stop_token = -1;  // ends the completion without being part of it (-1: none)
 };

@@ -457,7 +457,7 @@ void HttpServer::completions(const httplib::Request& req, httplib::Response& res
     g.max_tokens = q.max_tokens;
     g.sampling = {q.temperature, q.top_k, q.top_p};
     g.seed = base_seed + k;
-    g.logprobs = std::max(0, q.logprobs);
+    g.logprobs = q.logprobs;  // -1 when not asked for: the engine then skips the log-softmax
     g.trace = q.routing != RoutingDetail::None;
     g.stop_token = tokenizer_ ? tokenizer_->eot() : -1;
     group.push_back({std::move(g), c->sink(k, *metrics_)});
