@@ -31,12 +31,21 @@ RunResult run(const std::string& command) {
 
 RunResult run_mom(const std::string& args) { return run(shell_quote(mom_binary()) + " " + args); }
 
-std::string source_dir() { return MOM_SOURCE_DIR; }
-std::string mom_binary() { return MOM_BINARY; }
-std::string reference_python() { return "/usr/bin/python3"; }
+// Compiled-in paths, overridable so that the test binaries also run from a bundle on another
+// machine (jobs/device/bundle.sh, docs/gpu.md).
+namespace {
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+}  // namespace
+
+std::string source_dir() { return env_or("MOM_SOURCE_DIR", MOM_SOURCE_DIR); }
+std::string mom_binary() { return env_or("MOM_BINARY", MOM_BINARY); }
+std::string reference_python() { return env_or("MOM_REFERENCE_PYTHON", "/usr/bin/python3"); }
 
 ScratchDir::ScratchDir(const std::string& label) {
-  const auto base = std::filesystem::path(MOM_BUILD_DIR) / "test-scratch";
+  const auto base = std::filesystem::path(env_or("MOM_SCRATCH_DIR", MOM_BUILD_DIR "/test-scratch"));
   std::filesystem::create_directories(base);
   std::string templ = (base / (label + "-XXXXXX")).string();
   if (!mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed under " + base.string());

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, as one command for a GPU machine that has the NVIDIA driver, CUDA
+# and Python with PyTorch and transformers but none of mom's Debian libraries (docs/gpu.md):
+#
+#   jobs/device/check.sh [BUNDLE]     BUNDLE: a folder or .tar.xz from jobs/device/bundle.sh
+#                                     (default .device/bundle.tar.xz, else .device/bundle)
+#
+# Steps, each bounded in time, all within 8 minutes on one H200:
+#   1. the machine: nvidia-smi, the driver, nvcc, python3's torch and transformers;
+#   2. the bundle runs here: `mom --help` names its backends;
+#   3. the CUDA tests: every test whose name says CUDA, GPU or NCCL, from every test binary;
+#      "none" when the bundle's build has no CUDA backend yet;
+#   4. the Hugging Face transformers round trip that CPU machines skip
+#      (HfConvert.TransformersRoundTrip: transformers' GPT-2 -> mom -> transformers, logits
+#      within 1e-4);
+# Writes the log to OUT/check.log when $OUT is set (the device tool's output folder) and a
+# summary line per step; exits non-zero when a step that ran failed.
+set -uo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bundle="${1:-}"
+if [ -z "$bundle" ]; then
+  if [ -f "$repo/.device/bundle.tar.xz" ]; then bundle="$repo/.device/bundle.tar.xz"; else bundle="$repo/.device/bundle"; fi
+fi
+log="${OUT:-${TMPDIR:-/tmp}}/check.log"
+: >"$log"
+say() { echo "$*" | tee -a "$log"; }
+failed=0
+step() {  # step NAME SECONDS COMMAND...: runs it, bounded, and records pass/fail/skip (exit 77)
+  local name=$1 secs=$2
+  shift 2
+  local t0=$SECONDS rc
+  if declare -F "$1" >/dev/null; then  # a function of this script: timeout runs it in bash
+    export -f "$1"
+    timeout "$secs" bash -c "$*" >>"$log" 2>&1
+  else
+    timeout "$secs" "$@" >>"$log" 2>&1
+  fi
+  rc=$?
+  local verdict=passed
+  if ((rc == 77)); then verdict=skipped; elif ((rc == 124)); then verdict="TIMED OUT after ${secs}s"; failed=1
+  elif ((rc != 0)); then verdict="FAILED (exit $rc)"; failed=1; fi
+  say "check: $name: $verdict ($((SECONDS - t0)) s)"
+}
+
+if [[ "$bundle" == *.tar.xz ]]; then
+  [ -f "$bundle" ] || { say "check: no bundle at $bundle (make it with jobs/device/bundle.sh and carry it)"; exit 2; }
+  dest="$(dirname "$bundle")"
+  tar -C "$dest" -xJf "$bundle" || { say "check: cannot unpack $bundle"; exit 2; }
+  bundle="$dest/$(basename "$bundle" .tar.xz)"
+fi
+[ -x "$bundle/run.sh" ] || { say "check: no bundle folder at $bundle (jobs/device/bundle.sh makes it)"; exit 2; }
+run="$bundle/run.sh"
+export bundle run
+export MOM_SOURCE_DIR="$repo" MOM_REFERENCE_PYTHON="${MOM_REFERENCE_PYTHON:-python3}"
+
+machine() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || return 1
+  nvcc --version | tail -n 2
+  python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "transformers", transformers.__version__)'
+}
+step "machine" 60 machine
+step "bundle runs (mom --help)" 30 "$run" mom --help
+head -n 1 <("$run" mom --help 2>&1) | tee -a "$log"
+
+cuda_tests() {
+  local any=0
+  for t in "$bundle"/bin/test_*; do
+    local name list
+    name="$(basename "$t")"
+    list="$("$run" "$name" --gtest_list_tests --gtest_filter='*Cuda*:*CUDA*:*Gpu*:*GPU*:*Nccl*:*NCCL*' | grep -c '^  ')" || true
+    ((list > 0)) || continue
+    any=1
+    "$run" "$name" --gtest_filter='*Cuda*:*CUDA*:*Gpu*:*GPU*:*Nccl*:*NCCL*' || return 1
+  done
+  if ((any == 0)); then
+    echo "no CUDA tests in this bundle: its build has no CUDA backend yet (core/backend/cuda/)"
+    return 77
+  fi
+}
+step "CUDA tests" 300 cuda_tests
+
+round_trip() {  # a gtest skip (no GPU or no transformers) is a skip here too
+  local o
+  o="$("$run" test_hf_convert --gtest_filter=HfConvert.TransformersRoundTrip 2>&1)"
+  local rc=$?
+  echo "$o"
+  echo "$o" | grep -E "relative error" >&2
+  ((rc == 0)) || return "$rc"
+  ! echo "$o" | grep -q '\[  SKIPPED \]' || return 77
+}
+step "transformers round trip (HfConvert.TransformersRoundTrip)" 120 round_trip
+
+say "check: log in $log"
+exit "$failed"
