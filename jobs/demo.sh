@@ -5,7 +5,7 @@
 #            resume from the checkpoint for a few more steps (as a preempted job would);
 #   stage 2: turn the dense checkpoint into a MoM (its layers become the module pools), train
 #            it, and show how tokens were routed;
-# and print a generated sample.
+# print a generated sample, and serve the MoM for one completion with its routing (mom serve).
 #
 #   MOM_DEMO_STEPS       stage-1 steps before the interruption (default 150; +20 after resume)
 #   MOM_DEMO_MOM_STEPS   stage-2 steps (default 40)
@@ -39,6 +39,26 @@ $mom eval "$mom_ckpt" --batches 20
 
 echo "== sample from the MoM (temperature 0.8, top-k 40)"
 $mom generate "$mom_ckpt" --prompt $'import os\n\ndef ' --max-tokens 80 --temperature 0.8 --top-k 40 --seed 7
+
+echo "== the MoM behind the routing service: a completion and how its tokens were routed (docs/serving.md)"
+serve_log="$(mktemp)"
+$mom serve "$mom_ckpt" --port 0 --max-requests 1 >"$serve_log" 2>&1 &
+serve_pid=$!
+for _ in $(seq 1 300); do grep -q "mom serve: ready" "$serve_log" && break; sleep 0.1; done
+port="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$serve_log")"
+[ -n "$port" ] && grep -q "mom serve: ready" "$serve_log" || { cat "$serve_log"; echo "demo: mom serve did not start" >&2; exit 1; }
+curl -s "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"prompt": "import os\n", "max_tokens": 8, "temperature": 0, "routing": "summary"}' |
+  /usr/bin/python3 -c '
+import json, sys
+c = json.load(sys.stdin)["choices"][0]
+print("completion of \"import os\\n\":", json.dumps(c["text"]))
+for stage, s in c["routing"]["summary"].items():
+    for h, step in enumerate(s["steps"]):
+        print(f"  {stage} step {h}: " + "; ".join(
+            f"{r} " + " ".join(f"{m}:{n}" for m, n in sorted(counts.items())) for r, counts in step.items()))'
+wait "$serve_pid"
+rm -f "$serve_log"
 
 echo "== plots of both runs (loss, learning rate, gradient norm, tokens/s; routing for the MoM)"
 /usr/bin/python3 jobs/analysis/plot_run.py runs/demo_dense --out runs/demo_dense.png
