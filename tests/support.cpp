@@ -117,18 +117,24 @@ std::string tiny_config_json(const std::string& data_dir, const std::string& run
          run_dir + R"("})";
 }
 
-std::string routed_config_json(const std::string& data_dir, const std::string& run_dir) {
-  return R"({"model": {"n_ctx": 32, "n_head": 2, "n_embd": 32, "stack": [
+std::string train_routed_model(const ScratchDir& dir) {
+  prepare_tiny_corpus(dir / "data");
+  const std::string data = dir / "data", cfg = dir / "routed.json", run_dir = dir / "routed";
+  write_file(cfg, R"({"model": {"n_ctx": 32, "n_head": 2, "n_embd": 32, "stack": [
               {"type": "dense", "count": 1},
               {"type": "mom", "attn_modules": 4, "ffn_modules": 4, "skip": true, "steps": 2, "top_k": 2,
                "router": "gru", "router_dim": 16, "anchor": true, "balance_coef": 0.01},
               {"type": "moe", "experts": 4, "top_k": 2, "aux_coef": 0.01, "capacity_factor": 1.0}]},
             "data": {"train": ")" +
-         data_dir + R"(/train_*.bin", "val": ")" + data_dir + R"(/val_*.bin"},
+                      data + R"(/train_*.bin", "val": ")" + data + R"(/val_*.bin"},
             "train": {"batch_size": 2, "seq_len": 32, "steps": 6, "warmup_steps": 2, "lr": 2e-3, "threads": 1,
                       "eval_every": 0, "save_every": 6, "seed": 3},
             "run_dir": ")" +
-         run_dir + R"("})";
+                      run_dir + R"("})");
+  const RunResult r = run_mom("train --config " + shell_quote(cfg));
+  const std::string ckpt = run_dir + "/ckpt_00000006.h5";
+  if (r.exit_code != 0 || !std::filesystem::exists(ckpt)) throw std::runtime_error("mom train failed:\n" + r.output);
+  return ckpt;
 }
 
 }  // namespace mom::test

@@ -55,9 +55,10 @@ std::map<int64_t, double> losses_by_step(const std::string& metrics_path);
 // by prepare_tiny_corpus, as JSON text; `train_extra` is merged into its "train" section.
 std::string tiny_config_json(const std::string& data_dir, const std::string& run_dir,
                              const std::string& train_extra = "");
-// A small routed stack on such a corpus: a dense block, a MoM chunk (4 + 4 modules, SKIP,
-// top-2, 2 steps, GRU routers, anchored) and an MoE layer (4 experts, top-2, capacity factor 1,
-// so that some assignments are dropped); context 32, 6 steps, a checkpoint at step 6.
-std::string routed_config_json(const std::string& data_dir, const std::string& run_dir);
+// Trains a small routed stack on a tiny corpus in `dir`/data: a dense block, a MoM chunk (4 + 4
+// modules, SKIP, top-2, 2 steps, GRU routers, anchored) and an MoE layer (4 experts, top-2,
+// capacity factor 1, so that some assignments are dropped); context 32, 6 steps. Returns the
+// checkpoint (`dir`/routed/ckpt_00000006.h5); throws with mom's output when training fails.
+std::string train_routed_model(const ScratchDir& dir);
 
 }  // namespace mom::test

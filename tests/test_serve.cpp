@@ -223,14 +223,8 @@ class Serve : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new ScratchDir("serve");
-    prepare_tiny_corpus(*dir_ / "data");
-    const std::string cfg = *dir_ / "routed.json";
-    write_file(cfg, routed_config_json(*dir_ / "data", *dir_ / "routed"));
-    const RunResult r = run_mom("train --config " + shell_quote(cfg));
-    ASSERT_EQ(r.exit_code, 0) << r.output;
-    ckpt_ = *dir_ / "routed/ckpt_00000006.h5";
+    ckpt_ = train_routed_model(*dir_);
     data_ = *dir_ / "data/val_*.bin";
-    ASSERT_TRUE(fs::exists(ckpt_)) << r.output;
   }
   static void TearDownTestSuite() { delete dir_; }
 
