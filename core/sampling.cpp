@@ -20,14 +20,15 @@ int32_t sample_token(const float* logits, int V, const SamplingParams& p, Rng& r
   const double mx = *std::max_element(logits, logits + V);
   auto weight = [&](int32_t v) { return std::exp((static_cast<double>(logits[v]) - mx) / p.temperature); };
   const int k = p.top_k > 0 ? std::min(p.top_k, V) : V;
-  if (k == V && p.top_p >= 1.0) {  // every token a candidate: one pass, no sort
+  if (k == V && p.top_p >= 1.0) {  // every token a candidate: one exp per token, no sort
+    thread_local std::vector<double> w;
+    w.resize(static_cast<size_t>(V));
     double sum = 0;
-    for (int v = 0; v < V; ++v) sum += weight(v);
+    for (int v = 0; v < V; ++v) sum += w[static_cast<size_t>(v)] = weight(v);
     double u = rng.uniform() * sum;
     for (int v = 0; v < V; ++v) {
-      const double w = weight(v);
-      if (u < w) return v;
-      u -= w;
+      if (u < w[static_cast<size_t>(v)]) return v;
+      u -= w[static_cast<size_t>(v)];
     }
     return V - 1;
   }
