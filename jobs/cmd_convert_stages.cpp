@@ -12,6 +12,7 @@
 #include "core/two_stage.h"
 #include "io/checkpoint_file.h"
 #include "io/config.h"
+#include "jobs/checkpoint_tokenizer.h"
 #include "jobs/commands.h"
 
 namespace mom::jobs {
@@ -22,7 +23,7 @@ namespace {
 std::vector<std::pair<std::string, std::string>> tokenizer_files(const std::string& in) {
   std::vector<std::pair<std::string, std::string>> extra;
   const io::CheckpointReader reader(in);
-  for (const char* name : {"tokenizer/vocab.json", "tokenizer/merges.txt"})
+  for (const char* name : {kTokenizerVocabDataset, kTokenizerMergesDataset})
     if (reader.has(name)) extra.emplace_back(name, reader.read_bytes(name));
   return extra;
 }

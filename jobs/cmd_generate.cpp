@@ -4,9 +4,11 @@
 #include <string>
 
 #include "core/checkpointing.h"
+#include "core/error.h"
 #include "core/generate.h"
 #include "io/config.h"
 #include "io/tokenizer.h"
+#include "jobs/checkpoint_tokenizer.h"
 #include "jobs/commands.h"
 
 namespace mom::jobs {
@@ -35,9 +37,12 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--tokenizer", args->tokenizer, "Folder with vocab.json+merges.txt or encoder.json+vocab.bpe");
   cmd->add_option("--threads", args->threads, "CPU threads (0: all cores)");
   cmd->callback([args] {
-    const io::RunConfig cfg = io::config_from_json(read_checkpoint_config(args->ckpt), "checkpoint '" + args->ckpt + "'");
-    const io::Gpt2Tokenizer tok =
-        io::Gpt2Tokenizer::load(args->tokenizer.empty() ? io::Gpt2Tokenizer::default_dir() : std::filesystem::path(args->tokenizer));
+    const io::RunConfig cfg =
+        io::config_from_json(read_checkpoint_config(args->ckpt), "checkpoint '" + args->ckpt + "'");
+    std::string no_tokenizer;
+    const auto found = tokenizer_for(args->ckpt, args->tokenizer, no_tokenizer);
+    require(found.has_value(), no_tokenizer);
+    const io::Gpt2Tokenizer& tok = *found;
     Backend& be = backend_for(parse_device(cfg.train.device));
     be.set_num_threads(args->threads);
     Gpt2 model(cfg.model, be);

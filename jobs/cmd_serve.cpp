@@ -25,6 +25,7 @@
 #include "io/checkpoint_file.h"
 #include "io/config.h"
 #include "io/tokenizer.h"
+#include "jobs/checkpoint_tokenizer.h"
 #include "jobs/commands.h"
 #include "jobs/world.h"
 #include "router/service/engine.h"
@@ -42,31 +43,6 @@ struct ServeArgs {
   int threads = 0, ep = 1, max_sequences = 8, queue = 64;
   double drain_s = 30;
 };
-
-// The tokenizer a converted Hugging Face checkpoint carries, else the one given or the default.
-std::optional<io::Gpt2Tokenizer> load_tokenizer(const ServeArgs& a) {
-  if (!a.tokenizer.empty()) return io::Gpt2Tokenizer::load(a.tokenizer);
-  const io::CheckpointReader r(a.ckpt);
-  if (r.has("tokenizer/vocab.json") && r.has("tokenizer/merges.txt")) {
-    const fs::path dir = fs::temp_directory_path() / ("mom-serve-tokenizer-" + std::to_string(::getpid()));
-    fs::create_directories(dir);
-    for (const char* f : {"vocab.json", "merges.txt"}) {
-      std::ofstream out(dir / f, std::ios::binary);
-      const std::string bytes = r.read_bytes(std::string("tokenizer/") + f);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    }
-    auto tok = io::Gpt2Tokenizer::load(dir);
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-    return tok;
-  }
-  try {
-    return io::Gpt2Tokenizer::load(io::Gpt2Tokenizer::default_dir());
-  } catch (const UserError& e) {
-    std::fprintf(stderr, "mom serve: no tokenizer (%s); prompts must be token ids\n", e.what());
-    return std::nullopt;
-  }
-}
 
 int g_stop_pipe[2] = {-1, -1};
 
@@ -136,7 +112,10 @@ void serve(const ServeArgs& a, Communicator& world) {
   load_checkpoint(a.ckpt, model, nullptr, nullptr);
   if (world.rank() != 0) return service::Engine::follow(model, world, a.max_sequences);
 
-  const auto tokenizer = load_tokenizer(a);
+  std::string no_tokenizer;
+  const auto tokenizer = tokenizer_for(a.ckpt, a.tokenizer, no_tokenizer);
+  if (!tokenizer)
+    std::fprintf(stderr, "mom serve: no tokenizer (%s); prompts must be token ids\n", no_tokenizer.c_str());
   service::Engine engine(model, {a.max_sequences, a.queue, ranks > 1 ? &world : nullptr});
   struct stat st {};
   ::stat(a.ckpt.c_str(), &st);

@@ -21,6 +21,7 @@
 #include "io/checkpoint_file.h"
 #include "io/config.h"
 #include "io/safetensors.h"
+#include "io/tokenizer.h"
 #include "tests/support.h"
 
 namespace mom::test {
@@ -79,8 +80,8 @@ class HfConvert : public ::testing::Test {
   static void TearDownTestSuite() { delete dir_; }
 
   static void make(const std::string& name, const std::string& options) {
-    const RunResult r = run(reference_python() + " " + ref_script("hf_make_gpt2.py") + " " +
-                            shell_quote(*dir_ / name) + " " + options);
+    const RunResult r =
+        run(reference_python() + " " + ref_script("hf_make_gpt2.py") + " " + shell_quote(*dir_ / name) + " " + options);
     if (r.exit_code != 0) throw std::runtime_error("hf_make_gpt2.py failed:\n" + r.output);
   }
 
@@ -178,9 +179,9 @@ TEST_F(HfConvert, LogitsMatchIndependentReference) {
     SCOPED_TRACE(name);
     const std::string ckpt = *dir_ / (name + ".h5"), ref = *dir_ / (name + ".logits.f64");
     mom_ok("convert hf-gpt2 " + shell_quote(*dir_ / name) + " " + shell_quote(ckpt));
-    const RunResult r = run(reference_python() + " " + ref_script("hf_reference_logits.py") + " " +
-                            shell_quote(*dir_ / name) + " " + shell_quote(ref) + token_args() + " --batch " +
-                            std::to_string(kB));
+    const RunResult r =
+        run(reference_python() + " " + ref_script("hf_reference_logits.py") + " " + shell_quote(*dir_ / name) + " " +
+            shell_quote(ref) + token_args() + " --batch " + std::to_string(kB));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const double err = relative_error(our_logits(ckpt, tokens_, kB, kT), read_f64(ref));
     std::string ref_note = r.output;
@@ -243,6 +244,42 @@ TEST_F(HfConvert, ExportedConfigIsHuggingFaceGpt2) {
   EXPECT_EQ(c["tie_word_embeddings"], true);
   EXPECT_EQ(io::SafetensorsReader(out + "/model.safetensors").metadata().at("format"), "pt");
   EXPECT_FALSE(fs::exists(out + "/vocab.json"));
+}
+
+// `mom generate` and `mom serve` read a converted checkpoint with the tokenizer it carries,
+// not GPT-2's default: here a byte-level vocabulary (the 256 bytes, <|endoftext|> and one
+// merge, "hi" = 257); GPT-2's would make "hi" token 5303, outside this model's vocabulary of
+// 1000.
+TEST_F(HfConvert, GenerateUsesTheTokenizerTheCheckpointCarries) {
+  const std::string src = variant("f32", "byte-tok", "");
+  // GPT-2's byte-to-character map: printable Latin-1 to itself, the other bytes to 256 + n.
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0, extra = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const char32_t c = printable ? static_cast<char32_t>(b) : static_cast<char32_t>(256 + extra++);
+    std::string utf8;
+    if (c < 0x80) {
+      utf8 = std::string(1, static_cast<char>(c));
+    } else {
+      utf8 = {static_cast<char>(0xC0 | (c >> 6)), static_cast<char>(0x80 | (c & 0x3F))};
+    }
+    vocab[utf8] = b;
+  }
+  vocab["<|endoftext|>"] = 256;
+  vocab["hi"] = 257;
+  write_file(src + "/vocab.json", vocab.dump());
+  write_file(src + "/merges.txt", "#version: 0.2\nh i\n");
+  const std::string ckpt = *dir_ / "byte-tok.h5";
+  mom_ok("convert hf-gpt2 " + shell_quote(src) + " " + shell_quote(ckpt));
+  const RunResult r =
+      run_mom("generate " + shell_quote(ckpt) + " --prompt hi --max-tokens 4 --temperature 0 --threads 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("hi", 0), 0u) << r.output;
+  // And the same model with GPT-2's tokenizer given explicitly is refused: "hi" is out of range.
+  const RunResult gpt2 = run_mom("generate " + shell_quote(ckpt) + " --prompt hi --max-tokens 4 --temperature 0 " +
+                                 "--tokenizer " + shell_quote(io::Gpt2Tokenizer::default_dir().string()));
+  EXPECT_EQ(gpt2.exit_code, 2) << gpt2.output;
+  EXPECT_NE(gpt2.output.find("prompt token 5303 is outside the model's vocabulary"), std::string::npos) << gpt2.output;
 }
 
 TEST_F(HfConvert, TokenizerFilesTravelThroughTheCheckpoint) {
@@ -318,8 +355,9 @@ TEST_F(HfConvert, DamagedSafetensorsAreUserErrors) {
   variant("f32", "out-of-range", tmp);
   expect_user_error(convert("out-of-range"), {"out-of-range/model.safetensors", "transformer.ln_f.bias", "beyond"});
 
-  edit_header(good, tmp,
-              [](json& h) { h["transformer.h.0.ln_1.bias"]["data_offsets"] = h["transformer.h.0.ln_1.weight"]["data_offsets"]; });
+  edit_header(good, tmp, [](json& h) {
+    h["transformer.h.0.ln_1.bias"]["data_offsets"] = h["transformer.h.0.ln_1.weight"]["data_offsets"];
+  });
   variant("f32", "overlap", tmp);
   expect_user_error(convert("overlap"), {"overlap/model.safetensors", "transformer.h.0.ln_1.bias", "overlap"});
 
@@ -341,23 +379,25 @@ TEST_F(HfConvert, DamagedSafetensorsAreUserErrors) {
 
 TEST_F(HfConvert, ForeignConfigsAreNamed) {
   const std::string never = shell_quote(*dir_ / "never.h5");
-  expect_user_error("convert hf-gpt2 " + shell_quote(variant("f32", "llama", "", [](json& c) {
-                      c["model_type"] = "llama";
-                      c["architectures"] = {"LlamaForCausalLM"};
-                    })) + " " + never,
+  expect_user_error("convert hf-gpt2 " +
+                        shell_quote(variant("f32", "llama", "",
+                                            [](json& c) {
+                                              c["model_type"] = "llama";
+                                              c["architectures"] = {"LlamaForCausalLM"};
+                                            })) +
+                        " " + never,
                     {"llama/config.json", "'llama'", "gpt2"});
-  expect_user_error("convert hf-gpt2 " + shell_quote(variant("f32", "erf-gelu", "", [](json& c) {
-                      c["activation_function"] = "gelu";
-                    })) + " " + never,
-                    {"erf-gelu/config.json", "activation_function", "'gelu'"});
-  expect_user_error("convert hf-gpt2 " + shell_quote(variant("f32", "wide-mlp", "", [](json& c) {
-                      c["n_inner"] = 100;
-                    })) + " " + never,
+  expect_user_error(
+      "convert hf-gpt2 " +
+          shell_quote(variant("f32", "erf-gelu", "", [](json& c) { c["activation_function"] = "gelu"; })) + " " + never,
+      {"erf-gelu/config.json", "activation_function", "'gelu'"});
+  expect_user_error("convert hf-gpt2 " +
+                        shell_quote(variant("f32", "wide-mlp", "", [](json& c) { c["n_inner"] = 100; })) + " " + never,
                     {"wide-mlp/config.json", "n_inner"});
   // config.json and weights of different models: the shapes say so, tensor by tensor.
-  expect_user_error("convert hf-gpt2 " + shell_quote(variant("f32", "other-width", "", [](json& c) {
-                      c["n_embd"] = 128;
-                    })) + " " + never,
+  expect_user_error("convert hf-gpt2 " +
+                        shell_quote(variant("f32", "other-width", "", [](json& c) { c["n_embd"] = 128; })) + " " +
+                        never,
                     {"wrong shapes", "transformer.wte.weight is [1000, 64], expected [1000, 128]"});
   const fs::path no_weights = dir_->path() / "no-weights";
   fs::create_directories(no_weights);
@@ -369,7 +409,8 @@ TEST_F(HfConvert, ForeignConfigsAreNamed) {
 TEST_F(HfConvert, ExistingOutputsNeedForce) {
   const std::string ckpt = *dir_ / "precious.h5";
   write_file(ckpt, "precious");
-  expect_user_error("convert hf-gpt2 " + shell_quote(*dir_ / "f32") + " " + shell_quote(ckpt), {"precious.h5", "--force"});
+  expect_user_error("convert hf-gpt2 " + shell_quote(*dir_ / "f32") + " " + shell_quote(ckpt),
+                    {"precious.h5", "--force"});
   EXPECT_EQ(read_file(ckpt), "precious");
   mom_ok("convert hf-gpt2 --force " + shell_quote(*dir_ / "f32") + " " + shell_quote(ckpt));
 
@@ -429,8 +470,13 @@ TEST_F(HfConvert, TwoStageInitWorksOnConvertedCheckpoints) {
     write_file(*dir_ / (name + ".json"), c.dump(2));
     return *dir_ / (name + ".json");
   };
-  const json forced = json::array({{{"type", "mom"}, {"attn_modules", layers}, {"ffn_modules", layers},
-                                    {"skip", false}, {"steps", layers}, {"top_k", 1}, {"router", "forced"}}});
+  const json forced = json::array({{{"type", "mom"},
+                                    {"attn_modules", layers},
+                                    {"ffn_modules", layers},
+                                    {"skip", false},
+                                    {"steps", layers},
+                                    {"top_k", 1},
+                                    {"router", "forced"}}});
   mom_ok("convert dense-to-mom --config " + shell_quote(target("forced", forced)) + " " + shell_quote(dense) + " " +
          shell_quote(*dir_ / "forced.h5"));
   const auto ref = our_logits(dense, tokens_, kB, kT);
@@ -443,15 +489,20 @@ TEST_F(HfConvert, TwoStageInitWorksOnConvertedCheckpoints) {
   EXPECT_EQ(our_logits(*dir_ / "moe1.h5", tokens_, kB, kT), ref);
 
   // A learned-router MoM converts, keeps the tokenizer files, and generates.
-  const json learned = json::array({{{"type", "mom"}, {"attn_modules", layers}, {"ffn_modules", layers},
-                                     {"skip", true}, {"steps", 3}, {"top_k", 2}, {"router", "gru"},
+  const json learned = json::array({{{"type", "mom"},
+                                     {"attn_modules", layers},
+                                     {"ffn_modules", layers},
+                                     {"skip", true},
+                                     {"steps", 3},
+                                     {"top_k", 2},
+                                     {"router", "gru"},
                                      {"router_dim", 16}}});
   mom_ok("convert dense-to-mom --config " + shell_quote(target("learned", learned)) + " " + shell_quote(dense) + " " +
          shell_quote(*dir_ / "learned.h5"));
   mom_ok("ckpt inspect --verify " + shell_quote(*dir_ / "learned.h5"));
   // Counts that do not add up are refused, naming model.stack.
-  const json wrong = json::array({{{"type", "mom"}, {"attn_modules", layers + 1}, {"ffn_modules", layers + 1},
-                                   {"steps", 2}, {"top_k", 1}}});
+  const json wrong = json::array(
+      {{{"type", "mom"}, {"attn_modules", layers + 1}, {"ffn_modules", layers + 1}, {"steps", 2}, {"top_k", 1}}});
   expect_user_error("convert dense-to-mom --config " + shell_quote(target("wrong", wrong)) + " " + shell_quote(dense) +
                         " " + shell_quote(*dir_ / "wrong.h5"),
                     {"model.stack"});

