@@ -134,6 +134,7 @@ void add_bench_command(CLI::App& app) {
     std::string config;
     std::vector<std::string> overrides;
     int steps = 10, warmup = 2;
+    double peak_tflops = 0;
   };
   auto args = std::make_shared<Args>();
   CLI::App* cmd = bench->add_subcommand("train", "Time training steps on synthetic tokens; prints JSON");
@@ -141,6 +142,9 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--set", args->overrides, "Override a config key (repeatable)");
   cmd->add_option("--steps", args->steps, "Timed steps")->check(CLI::PositiveNumber);
   cmd->add_option("--warmup", args->warmup, "Untimed steps first")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--peak-tflops", args->peak_tflops,
+                  "The device's peak TFLOP/s for the MFU figure (e.g. 790 for an H100/H200 in bf16; 0: no MFU)")
+      ->check(CLI::NonNegativeNumber);
   cmd->callback([args] {
     const io::RunConfig cfg = io::load_config(args->config, args->overrides);
     Backend& be = backend_for(parse_device(cfg.train.device));
@@ -177,11 +181,20 @@ void add_bench_command(CLI::App& app) {
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
     const double param_bytes = static_cast<double>(model.params().num_elements()) * 4.0;
-    const nlohmann::json out{
+    // Throughput from the median step; FLOPs are llm.c's 6N + 6LCT over the parameters and
+    // attention layers a token uses (Gpt2::flops_per_token), so routed models count active work.
+    const double tokens_per_s = static_cast<double>(B) * T / (ms[ms.size() / 2] / 1e3);
+    const double flops_per_token = model.flops_per_token(T);
+    nlohmann::json out{
         {"backend", be.name()},
         {"threads", be.num_threads()},
         {"parameters", model.params().num_elements()},
+        {"batch_size", B},
+        {"seq_len", T},
         {"step_ms_median", ms[ms.size() / 2]},
+        {"tokens_per_s", tokens_per_s},
+        {"flops_per_token", flops_per_token},
+        {"active_parameters", model.active_parameters()},
         {"step_ms_min", ms.front()},
         {"fwd_bwd_ms_median", fwd_bwd_ms[fwd_bwd_ms.size() / 2]},
         {"peak_rss_bytes", static_cast<double>(ru.ru_maxrss) * 1024.0},
@@ -190,6 +203,7 @@ void add_bench_command(CLI::App& app) {
         {"needed_activation_bytes", static_cast<double>(model.saved_activation_bytes())},
         {"scratch_bytes", static_cast<double>(model.activation_bytes() - model.saved_activation_bytes())},
     };
+    if (args->peak_tflops > 0) out["mfu"] = tokens_per_s * flops_per_token / (args->peak_tflops * 1e12);
     std::printf("%s\n", out.dump().c_str());
   });
 }

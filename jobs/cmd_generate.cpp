@@ -18,6 +18,7 @@ void add_generate_command(CLI::App& app) {
     std::string ckpt, prompt = "\n", tokenizer;
     SampleOptions sample;
     int threads = 0;
+    std::string device = "cpu";
     bool no_stop = false;
   };
   auto args = std::make_shared<Args>();
@@ -36,6 +37,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--no-stop", args->no_stop, "Do not stop at <|endoftext|>");
   cmd->add_option("--tokenizer", args->tokenizer, "Folder with vocab.json+merges.txt or encoder.json+vocab.bpe");
   cmd->add_option("--threads", args->threads, "CPU threads (0: all cores)");
+  add_device_option(cmd, args->device);
   cmd->callback([args] {
     const io::RunConfig cfg =
         io::config_from_json(read_checkpoint_config(args->ckpt), "checkpoint '" + args->ckpt + "'");
@@ -43,7 +45,7 @@ void add_generate_command(CLI::App& app) {
     const auto found = tokenizer_for(args->ckpt, args->tokenizer, no_tokenizer);
     require(found.has_value(), no_tokenizer);
     const io::Gpt2Tokenizer& tok = *found;
-    Backend& be = backend_for(parse_device(cfg.train.device));
+    Backend& be = backend_for(parse_device(args->device));
     be.set_num_threads(args->threads);
     Gpt2 model(cfg.model, be);
     load_checkpoint(args->ckpt, model, nullptr, nullptr);

@@ -41,6 +41,7 @@ struct ServeArgs {
   std::string ckpt, tokenizer, model_id, api_key, api_key_file;
   service::ServerOptions http;
   int threads = 0, ep = 1, max_sequences = 8, queue = 64;
+  std::string device = "cpu";
   double drain_s = 30;
 };
 
@@ -106,7 +107,7 @@ void serve(const ServeArgs& a, Communicator& world) {
   }
 
   const io::RunConfig cfg = io::config_from_json(read_checkpoint_config(a.ckpt), "checkpoint '" + a.ckpt + "'");
-  Backend& be = backend_for(parse_device(cfg.train.device));
+  Backend& be = backend_for(parse_device(a.device));
   be.set_num_threads(a.threads);
   Gpt2 model(cfg.model, be, DType::F32, ranks > 1 ? &world : nullptr);
   load_checkpoint(a.ckpt, model, nullptr, nullptr);
@@ -166,13 +167,15 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--threads", a->threads, "CPU threads for the model (0: all cores)");
+  add_device_option(cmd, a->device);
   cmd->add_option("--ep", a->ep, "Expert-parallel size: the ranks sharing the module pools (all of them)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--tokenizer", a->tokenizer, "Folder with vocab.json+merges.txt or encoder.json+vocab.bpe");
   cmd->add_option("--model-id", a->model_id, "Name in /v1/models and responses (default: the file's name)");
   cmd->add_option("--max-requests", a->http.max_requests, "Shut down after answering this many requests (0: never)");
   cmd->add_option("--drain", a->drain_s, "Seconds a shutdown waits for running requests")->capture_default_str();
-  cmd->callback([a] { run_on_world([&](Communicator& world) { serve(*a, world); }); });
+  // The serving device decides the world communicator too (NCCL or host staging for CUDA).
+  cmd->callback([a] { run_on_world(parse_device(a->device), [&](Communicator& world) { serve(*a, world); }); });
 }
 
 }  // namespace mom::jobs

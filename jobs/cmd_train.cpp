@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/checkpointing.h"
 #include "core/error.h"
 #include "core/trainer.h"
@@ -37,7 +38,7 @@ void add_train_command(CLI::App& app) {
   cmd->callback([args] {
     const io::RunConfig cfg = io::load_config(args->config, args->overrides);
     bool stopped = false;
-    run_on_world([&](Communicator& world) {
+    run_on_world(parse_device(cfg.train.device), [&](Communicator& world) {
       const TrainSummary s = train(cfg, args->opts, world);
       stopped = s.stopped_by_signal;
       if (world.rank() == 0 && !stopped) {

@@ -2,8 +2,18 @@
 // turns exceptions into exit codes.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <string>
 
 namespace mom::jobs {
+
+// --device for the commands that run a checkpoint (eval, route, generate, serve). Why not the
+// checkpoint's train.device: checkpoints move freely between CPU and GPU runs, so where one is
+// run is the caller's choice, "cpu" unless asked.
+inline void add_device_option(CLI::App* cmd, std::string& device) {
+  cmd->add_option("--device", device, "Where to run the model: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+}
 
 void add_data_command(CLI::App& app);
 void add_train_command(CLI::App& app);

@@ -17,6 +17,7 @@ void add_scoring_options(CLI::App* cmd, ScoringOptions& options) {
                   "Window length T, at most the model's context (0: the config's train.seq_len); the data is cut "
                   "into windows of T+1 tokens at stride T (llm.c's convention, docs/data.md)");
   cmd->add_option("--threads", options.threads, "CPU threads (0: all cores)");
+  add_device_option(cmd, options.device);
   cmd->add_option("--disable-module", options.disabled,
                   "Ablate a module of a routed stage, STAGE/SIDE/MODULE such as chunks/0/attn/1 (repeatable): a "
                   "token whose choice it was takes its next choice, SKIP when that is next (docs/routing.md)")
@@ -36,7 +37,7 @@ ScoringRun open_scoring(const std::string& checkpoint, std::vector<std::string> 
   require(run.T <= cfg.model.n_ctx, "--seq-len " + std::to_string(run.T) +
                                         " exceeds the model's context (model.n_ctx " + std::to_string(cfg.model.n_ctx) +
                                         "); choose at most " + std::to_string(cfg.model.n_ctx));
-  Backend& be = backend_for(parse_device(cfg.train.device));
+  Backend& be = backend_for(parse_device(options.device));
   be.set_num_threads(options.threads);
   run.model = std::make_unique<Gpt2>(cfg.model, be);
   load_checkpoint(checkpoint, *run.model, nullptr, nullptr);

@@ -21,9 +21,10 @@ struct ScoringOptions {
   std::vector<std::string> disabled;  // --disable-module STAGE/SIDE/MODULE
   int64_t batches = 0;                // 0: the whole file
   int batch_size = 0, threads = 0, seq_len = 0;
+  std::string device = "cpu";
 };
 
-// Adds --batches, --batch-size, --seq-len, --threads and --disable-module to `cmd`.
+// Adds --batches, --batch-size, --seq-len, --threads, --device and --disable-module to `cmd`.
 void add_scoring_options(CLI::App* cmd, ScoringOptions& options);
 
 // A checkpoint's model with the ablations applied and a loader over `data`.

@@ -3,8 +3,9 @@
 // The trainer calls these at the points where ranks must agree (gradient all-reduce, metric
 // reduction, the expert all-to-all); a single process uses SoloCommunicator, where each
 // collective is the identity, and a job started by mpirun/srun uses MpiCommunicator
-// (parallel/mpi_communicator.h). A GPU (NCCL) implementation plugs in here later without
-// changes above this interface.
+// (parallel/mpi_communicator.h). On CUDA devices the world is an NCCL communicator, or MPI with
+// host staging where ranks share a GPU (parallel/device_communicator.h), with no changes above
+// this interface.
 //
 // Why every collective has a timeout: one rank that crashes, deadlocks or takes a different
 // branch leaves its peers waiting forever inside a collective, and a hung job burns its whole
@@ -13,8 +14,15 @@
 // the peers end too. The deadline is a member (timeout_s), set from MOM_COMM_TIMEOUT_S
 // (seconds, default 300) so a slow filesystem or a long first step can be given more room.
 //
-// All buffers are host memory. Collectives must be called by every rank of the communicator in
-// the same order with matching sizes, as in MPI.
+// Buffers are host memory, or, for a communicator made for a CUDA device
+// (communicator_for_device, parallel/device_communicator.h), host or device memory: such a
+// communicator sends device buffers through NCCL (or stages them through host memory) and host
+// buffers (scalars, strings) through MPI. Which path a collective takes follows from its buffers,
+// so every rank must pass the same kind of memory to the same call (an empty buffer still needs
+// a pointer of that kind, not null); the caller has finished writing device buffers (its
+// stream synchronised) before the call, and the results are complete when it returns.
+// Collectives must be called by every rank of the communicator in the same order with matching
+// sizes, as in MPI.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -33,6 +41,20 @@ struct CommTimeout : std::runtime_error {
 // Seconds from MOM_COMM_TIMEOUT_S when set (a positive number; anything else is a UserError
 // naming the variable), else 300.
 double default_comm_timeout_s();
+
+// Device memory for callers that need scratch beside a communicator's buffers and copies within
+// it (the token exchange reorders rows through a buffer of its own). A communicator that takes
+// device buffers returns one from device_memory(); host-only communicators return null.
+class DeviceMemory {
+ public:
+  virtual ~DeviceMemory() = default;
+  virtual bool is_device(const void* p) const = 0;
+  virtual void* allocate(size_t bytes) = 0;  // never null (at least one byte is allocated)
+  virtual void release(void* p) = 0;
+  // Ordered copies between any two buffers, device or host; complete once wait() returns.
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual void wait() = 0;
+};
 
 class Communicator {
  public:
@@ -72,6 +94,8 @@ class Communicator {
   // Ranks with the same `color` (>= 0) form a new communicator, ranked by (key, old rank).
   // Collective over this communicator. The child starts with this communicator's timeout.
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+  // Null unless this communicator takes device buffers (see DeviceMemory).
+  virtual DeviceMemory* device_memory() { return nullptr; }
 
  protected:
   double timeout_s_ = default_comm_timeout_s();

@@ -2,6 +2,7 @@
 // (see the header for the order guarantees).
 #include "parallel/token_exchange.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -23,8 +24,10 @@ std::vector<int64_t> exclusive_prefix(const std::vector<int64_t>& v) {
 }
 
 // Copies the rows between the source-major receive order ([source][local module]) and the
-// module-major order the modules compute on ([local module][source]), one block per pair.
-void reorder(const ExchangeLayout& L, const char* from, char* to, size_t row_bytes, bool source_to_module) {
+// module-major order the modules compute on ([local module][source]), one block per pair; with
+// `device`, the blocks are device memory copied by it.
+void reorder(const ExchangeLayout& L, const char* from, char* to, size_t row_bytes, bool source_to_module,
+             DeviceMemory* device) {
   std::vector<int64_t> module_cursor(L.offsets.begin(), L.offsets.end() - 1);
   int64_t source_pos = 0;
   for (int s = 0; s < L.ep_size; ++s) {
@@ -33,19 +36,47 @@ void reorder(const ExchangeLayout& L, const char* from, char* to, size_t row_byt
       if (n) {
         const int64_t src = source_to_module ? source_pos : module_cursor[l];
         const int64_t dst = source_to_module ? module_cursor[l] : source_pos;
-        std::memcpy(to + dst * row_bytes, from + src * row_bytes, static_cast<size_t>(n) * row_bytes);
+        if (device)
+          device->copy(to + dst * row_bytes, from + src * row_bytes, static_cast<size_t>(n) * row_bytes);
+        else
+          std::memcpy(to + dst * row_bytes, from + src * row_bytes, static_cast<size_t>(n) * row_bytes);
       }
       source_pos += n;
       module_cursor[l] += n;
     }
   }
+  if (device) device->wait();
 }
 
 }  // namespace
 
-TokenExchange::TokenExchange(Communicator& ep, const ModuleSharding& sharding) : ep_(ep), sharding_(sharding) {
+TokenExchange::TokenExchange(Communicator& ep, const ModuleSharding& sharding)
+    : ep_(ep), sharding_(sharding), device_(ep.device_memory()) {
   if (sharding_.ep_size != ep_.size())
     throw std::logic_error("TokenExchange: the sharding's ep_size differs from the EP communicator's size");
+}
+
+TokenExchange::~TokenExchange() {
+  if (device_staging_) device_->release(device_staging_);
+}
+
+bool TokenExchange::on_device(const void* a, const void* b) const {
+  return device_ && (device_->is_device(a) || device_->is_device(b));
+}
+
+char* TokenExchange::staging(size_t bytes, bool device) {
+  if (!device) {
+    staging_.resize(bytes);
+    return staging_.data();
+  }
+  if (!device_staging_ || device_staging_bytes_ < bytes) {
+    if (device_staging_) device_->release(device_staging_);
+    device_staging_ = nullptr;
+    const size_t grown = std::max(bytes, device_staging_bytes_ + device_staging_bytes_ / 2);
+    device_staging_ = device_->allocate(grown);
+    device_staging_bytes_ = grown;
+  }
+  return static_cast<char*>(device_staging_);
 }
 
 void TokenExchange::alltoallv(const void* send, const std::vector<int64_t>& send_counts,
@@ -103,22 +134,24 @@ void TokenExchange::to_owners(const ExchangeLayout& L, const void* plan_rows, si
   for (int p = 0; p < L.ep_size; ++p)
     sc[p] = L.send_rows[p] * rb, sd[p] = L.send_first[p] * rb, rc[p] = L.recv_rows[p] * rb;
   const std::vector<int64_t> rd = exclusive_prefix(rc);
-  staging_.resize(static_cast<size_t>(L.R) * row_bytes);
-  alltoallv(plan_rows, sc, sd, staging_.data(), rc, rd);
-  reorder(L, staging_.data(), static_cast<char*>(local_rows), row_bytes, true);
+  const bool device = on_device(plan_rows, local_rows);
+  char* stage = staging(static_cast<size_t>(L.R) * row_bytes, device);
+  alltoallv(plan_rows, sc, sd, stage, rc, rd);
+  reorder(L, stage, static_cast<char*>(local_rows), row_bytes, true, device ? device_ : nullptr);
   stats_.seconds += seconds_since(t0);
 }
 
 void TokenExchange::to_sources(const ExchangeLayout& L, const void* local_rows, size_t row_bytes, void* plan_rows) {
   const auto t0 = clock_type::now();
   const int64_t rb = static_cast<int64_t>(row_bytes);
-  staging_.resize(static_cast<size_t>(L.R) * row_bytes);
-  reorder(L, static_cast<const char*>(local_rows), staging_.data(), row_bytes, false);
+  const bool device = on_device(local_rows, plan_rows);
+  char* stage = staging(static_cast<size_t>(L.R) * row_bytes, device);
+  reorder(L, static_cast<const char*>(local_rows), stage, row_bytes, false, device ? device_ : nullptr);
   std::vector<int64_t> sc(L.ep_size), rc(L.ep_size), rd(L.ep_size);
   for (int p = 0; p < L.ep_size; ++p)
     sc[p] = L.recv_rows[p] * rb, rc[p] = L.send_rows[p] * rb, rd[p] = L.send_first[p] * rb;
   const std::vector<int64_t> sd = exclusive_prefix(sc);
-  alltoallv(staging_.data(), sc, sd, plan_rows, rc, rd);
+  alltoallv(stage, sc, sd, plan_rows, rc, rd);
   stats_.seconds += seconds_since(t0);
 }
 

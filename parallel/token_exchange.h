@@ -21,8 +21,10 @@
 // GEMM input, and so every result, deterministic. Modules without rows and ranks that receive
 // nothing are ordinary (empty blocks, zero counts).
 //
-// Buffers are host memory (the CPU backend's tensors); a device backend stages through its
-// communicator (NCCL takes device pointers directly).
+// Buffers are host memory (the CPU backend's tensors), or device memory when the EP
+// communicator takes device buffers (Communicator::device_memory(), parallel/device_communicator.h):
+// the rows then travel device to device and the reordering runs on the device, through a device
+// staging buffer.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -35,8 +37,8 @@ namespace mom::parallel {
 
 struct ExchangeLayout {
   int ep_size = 1, local_modules = 0;
-  int64_t M = 0;  // this rank's dispatched rows (plan.M())
-  int64_t R = 0;  // rows this rank's modules compute
+  int64_t M = 0;                               // this rank's dispatched rows (plan.M())
+  int64_t R = 0;                               // rows this rank's modules compute
   std::vector<int64_t> send_first, send_rows;  // [E] plan-order slice sent to each peer
   std::vector<int64_t> recv_counts;            // [E, local_modules] rows from source s for module l
   std::vector<int64_t> recv_rows;              // [E] rows from each source
@@ -55,6 +57,9 @@ class TokenExchange {
  public:
   // `ep` is the EP communicator (its rank = EP rank); sharding.ep_size must equal ep.size().
   TokenExchange(Communicator& ep, const ModuleSharding& sharding);
+  ~TokenExchange();
+  TokenExchange(const TokenExchange&) = delete;
+  TokenExchange& operator=(const TokenExchange&) = delete;
 
   // Trades the row counts of `plan` (over the pool's global ids) with the peers.
   ExchangeLayout exchange_counts(const router::DispatchPlan& plan);
@@ -73,7 +78,15 @@ class TokenExchange {
   Communicator& ep_;
   ModuleSharding sharding_;
   ExchangeStats stats_;
-  std::vector<char> staging_;  // source-major receive order, reused across trips
+  // The source-major receive order, reused across trips: in host memory for host rows, in
+  // device memory (from the communicator's DeviceMemory) for device rows.
+  char* staging(size_t bytes, bool device);
+  bool on_device(const void* a, const void* b) const;
+
+  std::vector<char> staging_;
+  DeviceMemory* device_ = nullptr;
+  void* device_staging_ = nullptr;
+  size_t device_staging_bytes_ = 0;
 };
 
 }  // namespace mom::parallel

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "tests/conformance.h"
 #include "tests/support.h"
 
 namespace mom::test {
@@ -29,7 +30,8 @@ class CliErrors : public ::testing::Test {
     const RunResult r = run_mom(args);
     EXPECT_EQ(r.exit_code, 2) << "mom " << args << "\n" << r.output;
     EXPECT_EQ(r.output.find("internal error"), std::string::npos) << r.output;
-    for (const auto& n : needles) EXPECT_NE(r.output.find(n), std::string::npos) << "missing '" << n << "' in:\n" << r.output;
+    for (const auto& n : needles)
+      EXPECT_NE(r.output.find(n), std::string::npos) << "missing '" << n << "' in:\n" << r.output;
   }
 
   static std::string copy_of_good(const std::string& name) {
@@ -112,9 +114,9 @@ TEST_F(CliErrors, ShardWithWrongMagicOrSize) {
 
 TEST_F(CliErrors, MissingVocabularyFiles) {
   ScratchDir empty("no-vocab");
-  expect_user_error("data prepare --tokenizer " + shell_quote(empty.path().string()) + " --out " +
-                        shell_quote(empty / "out"),
-                    {"no-vocab"});
+  expect_user_error(
+      "data prepare --tokenizer " + shell_quote(empty.path().string()) + " --out " + shell_quote(empty / "out"),
+      {"no-vocab"});
   expect_user_error("generate " + shell_quote(good_ckpt_) + " --tokenizer " + shell_quote(empty.path().string()),
                     {"no-vocab"});
 }
@@ -164,6 +166,22 @@ TEST_F(CliErrors, UsageErrorsAreNotCrashes) {
     EXPECT_EQ(h.exit_code, 0) << sub;
     EXPECT_NE(h.output.find("Usage"), std::string::npos) << sub << ":\n" << h.output;
   }
+}
+
+// Asking for a GPU where there is none: one message naming the device and the fix, from every
+// command that runs a model (a machine with a GPU runs these commands instead: see
+// test_resume's Cuda tests).
+TEST_F(CliErrors, CudaWithoutAGpu) {
+  std::string why;
+  if (cuda_backend_or_null(&why)) GTEST_SKIP() << "this machine has a CUDA device";
+  const std::string ckpt = shell_quote(good_ckpt_);
+  for (const std::string& args :
+       {"eval " + ckpt + " --device cuda", "generate " + ckpt + " --device cuda -n 2",
+        "train --config " + shell_quote(*dir_ / "tiny.json") + " --set train.device=cuda --until-step 1"})
+    expect_user_error(args, {"device 'cuda'", "\"cpu\""});
+  const RunResult r = run_mom("eval " + ckpt + " --device tpu");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--device"), std::string::npos) << r.output;
 }
 
 }  // namespace

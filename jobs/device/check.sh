@@ -13,6 +13,7 @@
 #   4. the Hugging Face transformers round trip that CPU machines skip
 #      (HfConvert.TransformersRoundTrip: transformers' GPT-2 -> mom -> transformers, logits
 #      within 1e-4);
+#   5. the training benchmark: mom vs PyTorch + torch.compile, MoE and MoM per active FLOP;
 # Writes the log to OUT/check.log when $OUT is set (the device tool's output folder) and a
 # summary line per step; exits non-zero when a step that ran failed.
 set -uo pipefail
@@ -63,22 +64,27 @@ step "machine" 60 machine
 step "bundle runs (mom --help)" 30 "$run" mom --help
 head -n 1 <("$run" mom --help 2>&1) | tee -a "$log"
 
-cuda_tests() {
-  local any=0
+# The conformance suites' CUDA targets (.../cuda_f32, .../cuda_f64) and every test named for
+# CUDA, a GPU or NCCL.
+gpu_filter='*cuda*:*Cuda*:*CUDA*:*Gpu*:*GPU*:*Nccl*:*NCCL*'
+export gpu_filter
+cuda_tests() {  # every binary runs, so one failing file does not hide the others' results
+  local any=0 bad=()
   for t in "$bundle"/bin/test_*; do
     local name list
     name="$(basename "$t")"
-    list="$("$run" "$name" --gtest_list_tests --gtest_filter='*Cuda*:*CUDA*:*Gpu*:*GPU*:*Nccl*:*NCCL*' | grep -c '^  ')" || true
+    list="$("$run" "$name" --gtest_list_tests --gtest_filter="$gpu_filter" | grep -c '^  ')" || true
     ((list > 0)) || continue
     any=1
-    "$run" "$name" --gtest_filter='*Cuda*:*CUDA*:*Gpu*:*GPU*:*Nccl*:*NCCL*' || return 1
+    "$run" "$name" --gtest_filter="$gpu_filter" --gtest_brief=1 || bad+=("$name")
   done
   if ((any == 0)); then
-    echo "no CUDA tests in this bundle: its build has no CUDA backend yet (core/backend/cuda/)"
+    echo "no CUDA tests in this bundle: its build has no CUDA backend"
     return 77
   fi
+  ((${#bad[@]} == 0)) || { echo "CUDA tests failed in: ${bad[*]}" | tee -a /dev/stderr; return 1; }
 }
-step "CUDA tests" 300 cuda_tests
+step "CUDA tests" 200 cuda_tests
 
 round_trip() {  # a gtest skip (no GPU or no transformers) is a skip here too
   local o
@@ -89,7 +95,13 @@ round_trip() {  # a gtest skip (no GPU or no transformers) is a skip here too
   ((rc == 0)) || return "$rc"
   ! echo "$o" | grep -q '\[  SKIPPED \]' || return 77
 }
-step "transformers round trip (HfConvert.TransformersRoundTrip)" 120 round_trip
+step "transformers round trip (HfConvert.TransformersRoundTrip)" 90 round_trip
+
+# 5. GPU training throughput, side by side: mom vs PyTorch 2.11 + torch.compile on GPT-2 124M,
+#    and MoE / MoM per active FLOP against mom's dense model (docs/benchmarks.md).
+step "training benchmark (jobs/bench/gpu_train_vs_torch.py)" 200 \
+  python3 "$repo/jobs/bench/gpu_train_vs_torch.py" --mom "$run mom" --steps 8 --warmup 2 --timeout 60
+grep -A12 '^GPU training' "$log" | tail -n 12
 
 say "check: log in $log"
 exit "$failed"

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "core/backend.h"
+#include "core/backend/op_support.h"
 
 namespace mom {
 
@@ -95,24 +96,8 @@ class CpuBackend final : public Backend {
 
 namespace cpu {
 
-// Calls f(T{}) with T = float or double according to the tensor's dtype.
-template <class F>
-void dispatch_float(DType dtype, F&& f) {
-  if (dtype == DType::F32)
-    f(float{});
-  else if (dtype == DType::F64)
-    f(double{});
-  else
-    throw std::logic_error("cpu backend: op needs an f32 or f64 tensor");
-}
-
-// Elements in one row of a tensor (the product of the dimensions after the first), also when
-// it has no rows.
-inline int64_t row_elems(const Tensor& t) {
-  int64_t n = 1;
-  for (int d = 1; d < t.shape.rank; ++d) n *= t.shape[d];
-  return n;
-}
+using mom::dispatch_float;
+using mom::row_elems;
 
 // Runs body(i0, i1) over [0, n) in fixed blocks of kElementBlock elements, the blocks shared
 // among the threads. Why fixed blocks: a vectorised loop computes its remainder elements
