@@ -285,8 +285,10 @@ int main(int argc, char** argv) {
 #else
     const bool is_nccl = false;
 #endif
-    const bool want_nccl =
-        gpus >= local && world->size() > 1 && !std::getenv("MOM_COMM") && !std::getenv("MOM_CUDA_DEVICE");
+    // MOM_COMM=nccl forces NCCL, also for one rank (how one GPU tests the NCCL communicator).
+    const char* forced = std::getenv("MOM_COMM");
+    const bool want_nccl = (forced && std::string(forced) == "nccl") ||
+                           (gpus >= local && world->size() > 1 && !forced && !std::getenv("MOM_CUDA_DEVICE"));
 #ifdef MOM_HAVE_NCCL
     MPI_CHECK_MSG(is_nccl == want_nccl, std::string("expected ") + (want_nccl ? "NCCL" : "host staging") + " with " +
                                             std::to_string(gpus) + " GPUs for " + std::to_string(local) +

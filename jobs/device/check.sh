@@ -5,15 +5,18 @@
 #   jobs/device/check.sh [BUNDLE]     BUNDLE: a folder or .tar.xz from jobs/device/bundle.sh
 #                                     (default .device/bundle.tar.xz, else .device/bundle)
 #
-# Steps, each bounded in time, all within 8 minutes on one H200:
-#   1. the machine: nvidia-smi, the driver, nvcc, python3's torch and transformers;
+# Steps, each bounded in time, bounded to 550 s in all (one device call):
+#   1. the machine: nvidia-smi, the driver, nvcc, python3's torch and transformers; every
+#      program's libraries resolve (run.sh --check-libraries: CUDA's from the node);
 #   2. the bundle runs here: `mom --help` names its backends;
-#   3. the CUDA tests: every test whose name says CUDA, GPU or NCCL, from every test binary;
-#      "none" when the bundle's build has no CUDA backend yet;
-#   4. the Hugging Face transformers round trip that CPU machines skip
+#   3. the CUDA tests: the conformance suites' CUDA targets (every op, whole models: dense,
+#      MoM, MoE, SAS, AltUp), GPU determinism and resume, every test named for CUDA/GPU/NCCL;
+#   4. the GPU communicators: NCCL on one rank, then two ranks (on one GPU: host staging),
+#      each against MPI, and a peer that stops answering gives CommTimeout;
+#   5. the Hugging Face transformers round trip that CPU machines skip
 #      (HfConvert.TransformersRoundTrip: transformers' GPT-2 -> mom -> transformers, logits
 #      within 1e-4);
-#   5. the training benchmark: mom vs PyTorch + torch.compile, MoE and MoM per active FLOP;
+#   6. the training benchmark: mom vs PyTorch + torch.compile, MoE and MoM per active FLOP.
 # Writes the log to OUT/check.log when $OUT is set (the device tool's output folder) and a
 # summary line per step; exits non-zero when a step that ran failed.
 set -uo pipefail
@@ -60,8 +63,9 @@ machine() {
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "transformers", transformers.__version__)'
 }
-step "machine" 60 machine
-step "bundle runs (mom --help)" 30 "$run" mom --help
+step "machine" 30 machine
+step "libraries resolve (run.sh --check-libraries)" 20 "$run" --check-libraries
+step "bundle runs (mom --help)" 20 "$run" mom --help
 head -n 1 <("$run" mom --help 2>&1) | tee -a "$log"
 
 # The conformance suites' CUDA targets (.../cuda_f32, .../cuda_f64) and every test named for
@@ -84,7 +88,13 @@ cuda_tests() {  # every binary runs, so one failing file does not hide the other
   fi
   ((${#bad[@]} == 0)) || { echo "CUDA tests failed in: ${bad[*]}" | tee -a /dev/stderr; return 1; }
 }
-step "CUDA tests" 200 cuda_tests
+step "CUDA tests" 180 cuda_tests
+
+communicators() {  # one rank through NCCL itself, then two ranks (one GPU: the host-staged path)
+  MOM_COMM=nccl "$run" mpi_test_nccl || return $?
+  "$run" mpirun --allow-run-as-root --oversubscribe -np 2 "$bundle/bin/mpi_test_nccl"
+}
+step "communicators (mpi_test_nccl: NCCL on 1 rank, then 2 ranks)" 45 communicators
 
 round_trip() {  # a gtest skip (no GPU or no transformers) is a skip here too
   local o
@@ -95,11 +105,11 @@ round_trip() {  # a gtest skip (no GPU or no transformers) is a skip here too
   ((rc == 0)) || return "$rc"
   ! echo "$o" | grep -q '\[  SKIPPED \]' || return 77
 }
-step "transformers round trip (HfConvert.TransformersRoundTrip)" 90 round_trip
+step "transformers round trip (HfConvert.TransformersRoundTrip)" 75 round_trip
 
-# 5. GPU training throughput, side by side: mom vs PyTorch 2.11 + torch.compile on GPT-2 124M,
+# 6. GPU training throughput, side by side: mom vs PyTorch 2.11 + torch.compile on GPT-2 124M,
 #    and MoE / MoM per active FLOP against mom's dense model (docs/benchmarks.md).
-step "training benchmark (jobs/bench/gpu_train_vs_torch.py)" 200 \
+step "training benchmark (jobs/bench/gpu_train_vs_torch.py)" 180 \
   python3 "$repo/jobs/bench/gpu_train_vs_torch.py" --mom "$run mom" --steps 8 --warmup 2 --timeout 60
 grep -A12 '^GPU training' "$log" | tail -n 12
 
