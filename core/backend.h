@@ -29,6 +29,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
+  // Per-thread state: OpenMP's thread count (CPU), the current device (CUDA) are properties of
+  // the calling thread, so a thread that runs ops calls this before its first op (the serving
+  // engine's worker does). n <= 0: every core, or OMP_NUM_THREADS.
   virtual void set_num_threads(int n) = 0;
   virtual int num_threads() const = 0;
 
@@ -55,6 +58,13 @@ class Backend {
   // row-local already. BatchInvariant (below) is the guard.
   void set_batch_invariant(bool on) { batch_invariant_ = on; }
   bool batch_invariant() const { return batch_invariant_; }
+
+  // ---- what f32 GEMMs may compute in (train.matmul_precision): F32 (the default, and all the
+  // CPU backend has), TF32 or BF16 tensor cores with f32 accumulation. Inputs and outputs
+  // stay f32 tensors; only the GEMM's internal multiplies round to the narrower type.
+  enum class MatmulPrecision { F32, TF32, BF16 };
+  void set_matmul_precision(MatmulPrecision p) { matmul_precision_ = p; }
+  MatmulPrecision matmul_precision() const { return matmul_precision_; }
 
   // ---- linear: out[N,OC] = inp[N,IC]·weight[OC,IC]ᵀ + bias[OC] (bias may be empty)
   virtual void matmul_forward(const Tensor& out, const Tensor& inp, const Tensor& weight, const Tensor& bias) = 0;
@@ -200,6 +210,7 @@ class Backend {
 
  private:
   bool batch_invariant_ = false;
+  MatmulPrecision matmul_precision_ = MatmulPrecision::F32;
 };
 
 // Batch-invariant kernels for the life of the guard (Backend::set_batch_invariant).
@@ -218,5 +229,7 @@ class BatchInvariant {
 // The backend for a device ("cpu", "cuda"); throws UserError when that device is unavailable.
 Backend& backend_for(Device d);
 Device parse_device(const std::string& name);
+// "highest" | "high" | "medium" (train.matmul_precision) -> F32 | TF32 | BF16.
+Backend::MatmulPrecision parse_matmul_precision(const std::string& name);
 
 }  // namespace mom

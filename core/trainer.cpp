@@ -233,6 +233,7 @@ TrainSummary train(const io::RunConfig& cfg, const TrainOptions& opts, Communica
   parallel::ProcessGroups groups = parallel::make_process_groups(world, tc.ep_size);
   const int W = world.size();
   Backend& be = backend_for(parse_device(tc.device));
+  be.set_matmul_precision(parse_matmul_precision(tc.matmul_precision));
   // threads 0 with several ranks on a node and no OMP_NUM_THREADS: share the cores.
   int threads = tc.threads;
   if (threads == 0 && !std::getenv("OMP_NUM_THREADS")) {

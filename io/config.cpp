@@ -31,6 +31,7 @@ json default_config_json() {
       {"data", {{"train", d.data.train}, {"val", d.data.val}, {"format", d.data.format}}},
       {"train",
        {{"device", t.device},
+        {"matmul_precision", t.matmul_precision},
         {"threads", t.threads},
         {"batch_size", t.batch_size},
         {"seq_len", t.seq_len},
@@ -324,6 +325,13 @@ void validate(const RunConfig& c, const std::string& origin) {
   const TrainConfig& t = c.train;
   require(t.device == "cpu" || t.device == "cuda",
           origin + ": key 'train.device' must be \"cpu\" or \"cuda\", got \"" + t.device + "\"");
+  require(t.matmul_precision == "highest" || t.matmul_precision == "high" || t.matmul_precision == "medium",
+          origin +
+              ": key 'train.matmul_precision' must be \"highest\" (f32), \"high\" (TF32) or \"medium\" (bf16), got \"" +
+              t.matmul_precision + "\"");
+  require(t.matmul_precision == "highest" || t.device == "cuda",
+          origin + ": key 'train.matmul_precision' \"" + t.matmul_precision +
+              "\" needs train.device \"cuda\" (the CPU backend computes in f32 only); use \"highest\" on the CPU");
   require(t.threads >= 0, origin + ": key 'train.threads' must be >= 0 (0 means all cores)");
   positive("train.batch_size", t.batch_size);
   positive("train.seq_len", t.seq_len);
@@ -376,6 +384,7 @@ RunConfig config_from_json(const json& input, const std::string& origin) {
   c.data.format = d["format"];
   const json& t = j["train"];
   c.train.device = t["device"];
+  c.train.matmul_precision = t["matmul_precision"];
   c.train.threads = t["threads"];
   c.train.batch_size = t["batch_size"];
   c.train.seq_len = t["seq_len"];

@@ -7,10 +7,9 @@
 // config trains the tiny model on the prepared Python corpus.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/gpt2.h"
 
@@ -24,6 +23,10 @@ struct DataConfig {
 
 struct TrainConfig {
   std::string device = "cpu";
+  // What f32 GEMMs may compute in (PyTorch's set_float32_matmul_precision): "highest" (f32),
+  // "high" (TF32 tensor cores), "medium" (bf16 tensor cores, f32 accumulation). Storage, master
+  // weights, moments, norms and losses stay f32 in every mode. CUDA only; the CPU computes f32.
+  std::string matmul_precision = "highest";
   int threads = 0;  // 0: all cores
   int batch_size = 8;
   int seq_len = 256;

@@ -48,6 +48,7 @@ void add_decode_bench(CLI::App& bench) {
     const io::RunConfig cfg = io::load_config(args->config, args->overrides);
     Backend& be = backend_for(parse_device(cfg.train.device));
     be.set_num_threads(cfg.train.threads);
+    be.set_matmul_precision(parse_matmul_precision(cfg.train.matmul_precision));
     Gpt2 model(cfg.model, be);
     model.init_weights(cfg.train.seed);
     const int V = cfg.model.vocab_size, ctx = cfg.model.n_ctx;
@@ -149,6 +150,7 @@ void add_bench_command(CLI::App& app) {
     const io::RunConfig cfg = io::load_config(args->config, args->overrides);
     Backend& be = backend_for(parse_device(cfg.train.device));
     be.set_num_threads(cfg.train.threads);
+    be.set_matmul_precision(parse_matmul_precision(cfg.train.matmul_precision));
     Gpt2 model(cfg.model, be);
     model.init_weights(cfg.train.seed);
     AdamW opt(model.params(), {cfg.train.beta1, cfg.train.beta2, cfg.train.eps, cfg.train.weight_decay});
@@ -188,6 +190,7 @@ void add_bench_command(CLI::App& app) {
     nlohmann::json out{
         {"backend", be.name()},
         {"threads", be.num_threads()},
+        {"matmul_precision", cfg.train.matmul_precision},
         {"parameters", model.params().num_elements()},
         {"batch_size", B},
         {"seq_len", T},

@@ -135,6 +135,8 @@ TEST_F(CliErrors, InvalidConfigs) {
   expect_user_error("train --config " + shell_quote(*dir_ / "nope.json"), {"nope.json"});
   expect_user_error("train --set train.nonsense=1", {"train.nonsense"});
   expect_user_error("train --set model.n_head=0", {"model.n_head"});
+  expect_user_error("train --set train.matmul_precision=low", {"train.matmul_precision", "\"medium\""});
+  expect_user_error("train --set train.matmul_precision=medium", {"train.matmul_precision", "train.device"});
 }
 
 TEST_F(CliErrors, ExistingOutputsNeedForce) {

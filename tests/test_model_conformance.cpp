@@ -1,6 +1,7 @@
 // Whole models on a backend under test against the CPU backend in double: logits, loss, the
 // auxiliary losses and every gradient after one forward-backward, then ten AdamW steps; and
-// the same run twice giving the same bits. For every block kind: dense GPT-2, a MoM chunk
+// the same run twice giving the same bits; on GPUs, bf16 GEMMs following f32 over fifty
+// steps. For every block kind: dense GPT-2, a MoM chunk
 // (SKIP, K = 2, GRU routers), MoE layers (top-2, capacity drops), SAS, SAS-P and AltUp.
 //
 // The targets are those of the op conformance tests (tests/conformance.h): CUDA in f32
@@ -198,6 +199,32 @@ TEST_P(ModelConformance, SameRunTwiceSameBits) {
     opt_b.step(1e-3);
   }
   EXPECT_EQ(bits(*dev_, tested_->params().flat_params()), bits(*dev_, again.params().flat_params()));
+}
+
+// train.matmul_precision "medium" (GEMMs on bf16 tensor cores) against f32 on the same GPU
+// from the same weights: fifty AdamW steps, every loss within 1e-2 (relative) of f32's. The
+// CPU computes in f32 only, so this runs on the CUDA targets.
+TEST_P(ModelConformance, Bf16MatmulsFollowF32ForFiftySteps) {
+  if (dev_->device() == Device::CPU) GTEST_SKIP() << "the CPU backend has f32 GEMMs only";
+  Gpt2 f32(cfg_.model, *dev_, DType::F32);
+  copy_weights(*tested_, f32);
+  const Batch b(cfg_.model.vocab_size, 6);
+  AdamW opt_bf16(tested_->params(), {}), opt_f32(f32.params(), {});
+  struct Restore {
+    Backend& be;
+    ~Restore() { be.set_matmul_precision(Backend::MatmulPrecision::F32); }
+  } restore{*dev_};
+  for (int step = 1; step <= 50; ++step) {
+    dev_->set_matmul_precision(Backend::MatmulPrecision::BF16);
+    tested_->params().zero_grads();
+    const double lb = tested_->forward_backward(b.x.data(), b.y.data(), b.B, b.T, 1.0 / 64);
+    opt_bf16.step(1e-3);
+    dev_->set_matmul_precision(Backend::MatmulPrecision::F32);
+    f32.params().zero_grads();
+    const double lf = f32.forward_backward(b.x.data(), b.y.data(), b.B, b.T, 1.0 / 64);
+    opt_f32.step(1e-3);
+    EXPECT_NEAR(lb, lf, 1e-2 * lf) << "step " << step;
+  }
 }
 
 void PrintTo(const Target& t, std::ostream* os) { *os << t.backend << " " << t.model.name; }

@@ -30,6 +30,13 @@ Backend& backend_for(Device d) {
 #endif
 }
 
+Backend::MatmulPrecision parse_matmul_precision(const std::string& name) {
+  if (name == "highest") return Backend::MatmulPrecision::F32;
+  if (name == "high") return Backend::MatmulPrecision::TF32;
+  if (name == "medium") return Backend::MatmulPrecision::BF16;
+  throw UserError("unknown matmul precision '" + name + "': use \"highest\", \"high\" or \"medium\"");
+}
+
 Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::CPU;
   if (name == "cuda") return Device::CUDA;

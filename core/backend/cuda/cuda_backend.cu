@@ -1,5 +1,7 @@
 // CudaBackend: device selection, memory, copies, the small elementwise ops, and the shared
 // helpers of cuda_common.cuh (checks, column sums, the double dot product).
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -90,16 +92,19 @@ namespace {
 constexpr int kColumnBlockRows = 256;
 
 // Stage 1: partial[b, c] = Σ over rows [b·256, (b+1)·256) of in[n, c], in row order; one
-// thread per column (adjacent threads read adjacent columns: coalesced).
+// thread per column (adjacent threads read adjacent columns: coalesced). grid.y strides over
+// the row blocks (it is capped at 65535).
 template <class T>
-__global__ void column_partials(T* partial, const T* in, int64_t rows, int64_t cols) {
+__global__ void column_partials(T* partial, const T* in, int64_t rows, int64_t cols, int64_t blocks) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= cols) return;
-  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kColumnBlockRows);
-  const int64_t r1 = min(rows, r0 + kColumnBlockRows);
-  T s = 0;
-  for (int64_t r = r0; r < r1; ++r) s += in[r * cols + c];
-  partial[blockIdx.y * cols + c] = s;
+  for (int64_t b = blockIdx.y; b < blocks; b += gridDim.y) {
+    const int64_t r0 = b * kColumnBlockRows;
+    const int64_t r1 = min(rows, r0 + kColumnBlockRows);
+    T s = 0;
+    for (int64_t r = r0; r < r1; ++r) s += in[r * cols + c];
+    partial[b * cols + c] = s;
+  }
 }
 
 // Stage 2: out[c] (+)= Σ_b partial[b, c] in block order.
@@ -143,8 +148,9 @@ void column_sums(const CudaBackend& be, const char* op, T* out, const T* in, int
   if (rows == 0) {
     check(cudaMemsetAsync(partial.as<T>(), 0, static_cast<size_t>(cols) * sizeof(T), be.stream()), op, what);
   } else {
-    const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads), static_cast<unsigned>(blocks));
-    column_partials<<<grid, kThreads, 0, be.stream()>>>(partial.as<T>(), in, rows, cols);
+    const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads),
+                    static_cast<unsigned>(std::min<int64_t>(blocks, 65535)));
+    column_partials<<<grid, kThreads, 0, be.stream()>>>(partial.as<T>(), in, rows, cols, blocks);
     check_launch(op, what, be.stream());
   }
   column_finish<<<grid_for(cols), kThreads, 0, be.stream()>>>(out, partial.as<T>(), blocks, cols, accumulate);
@@ -195,23 +201,99 @@ CudaBackend::CudaBackend() {
   device_ = pick_device(count);
   const std::string what = "device " + std::to_string(device_);
   cuda::check(cudaSetDevice(device_), "CudaBackend", what);
-  cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "CudaBackend", what);
   cuda::check(cublasLtCreate(&lt_), "CudaBackend", what);
-  cuda::check(cublasCreate(&blas_), "CudaBackend", what);
-  cuda::check(cublasSetStream(blas_, stream_), "CudaBackend", what);
-  // Plain f32 arithmetic (no TF32): f32 results must stay within float rounding of the CPU's.
-  cuda::check(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "CudaBackend", what);
+  // Scratch comes from the device's default pool (cudaMallocAsync); its default release
+  // threshold (0) hands all free pool memory back to the OS at every synchronisation
+  // (copy_to_host, each step), so every step would map its scratch afresh. Keep it pooled.
+  cudaMemPool_t pool = nullptr;
+  cuda::check(cudaDeviceGetDefaultMemPool(&pool, device_), "CudaBackend", what);
+  uint64_t keep = UINT64_MAX;
+  cuda::check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "CudaBackend", what);
   lt_workspace_bytes_ = size_t{32} << 20;  // what NVIDIA recommends for Hopper
-  cuda::check(cudaMalloc(&lt_workspace_, lt_workspace_bytes_), "CudaBackend", what);
+  main_ = make_lane(false);
+  use_lane(main_);
+  if (const char* v = std::getenv("MOM_CUDA_POOL_STREAMS"); v && *v) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    require(*end == '\0' && n >= 0 && n <= 64,
+            "MOM_CUDA_POOL_STREAMS=" + std::string(v) + " is not a stream count: use 0..64 (0 or 1: no side streams)");
+    side_count_ = static_cast<int>(n);
+  }
+}
+
+CudaBackend::Lane CudaBackend::make_lane(bool side) const {
+  const std::string what = "device " + std::to_string(device_) + (side ? ", a side stream" : "");
+  Lane lane;
+  cuda::check(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking), "CudaBackend", what);
+  cuda::check(cublasCreate(&lane.blas), "CudaBackend", what);
+  cuda::check(cublasSetStream(lane.blas, lane.stream), "CudaBackend", what);
+  // Plain f32 arithmetic (no TF32): f32 results must stay within float rounding of the CPU's.
+  cuda::check(cublasSetMathMode(lane.blas, CUBLAS_DEFAULT_MATH), "CudaBackend", what);
+  cuda::check(cudaMalloc(&lane.workspace, lt_workspace_bytes_), "CudaBackend", what);
+  if (side) cuda::check(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming), "CudaBackend", what);
+  return lane;
+}
+
+void CudaBackend::destroy_lane(Lane& lane) {
+  if (lane.stream) cudaStreamSynchronize(lane.stream);
+  if (lane.done) cudaEventDestroy(lane.done);
+  if (lane.workspace) cudaFree(lane.workspace);
+  if (lane.blas) cublasDestroy(lane.blas);
+  if (lane.stream) cudaStreamDestroy(lane.stream);
+  lane = Lane{};
+}
+
+void CudaBackend::use_lane(const Lane& lane) {
+  stream_ = lane.stream;
+  blas_ = lane.blas;
+  lt_workspace_ = lane.workspace;
 }
 
 CudaBackend::~CudaBackend() {
   // Process exit: errors here have nowhere to go and must not throw from a destructor.
-  if (stream_) cudaStreamSynchronize(stream_);
-  if (lt_workspace_) cudaFree(lt_workspace_);
-  if (blas_) cublasDestroy(blas_);
+  for (Lane& lane : sides_) destroy_lane(lane);
+  if (fork_) cudaEventDestroy(fork_);
+  destroy_lane(main_);
   if (lt_) cublasLtDestroy(lt_);
-  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::run_modules(int n, const std::function<void(int)>& body) {
+  if (n <= 1 || side_count_ <= 1 || stream_ != main_.stream) {  // one module, the loop, or nested
+    for (int j = 0; j < n; ++j) body(j);
+    return;
+  }
+  const char* op = "run_modules";
+  if (sides_.empty()) {
+    cuda::check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), op, "the fork event");
+    for (int i = 0; i < side_count_; ++i) sides_.push_back(make_lane(true));
+  }
+  const int lanes = std::min<int>(n, static_cast<int>(sides_.size()));
+  const std::string what = std::to_string(n) + " modules on " + std::to_string(lanes) + " side streams";
+  // Fork: each side stream starts after everything queued on the main stream so far.
+  cuda::check(cudaEventRecord(fork_, main_.stream), op, what);
+  for (int i = 0; i < lanes; ++i) cuda::check(cudaStreamWaitEvent(sides_[i].stream, fork_, 0), op, what);
+  // Join, also when a module throws: the main stream waits for every side stream, and ops go
+  // back to the main lane.
+  struct Join {
+    CudaBackend& be;
+    int lanes;
+    ~Join() {
+      for (int i = 0; i < lanes; ++i) {
+        cudaEventRecord(be.sides_[i].done, be.sides_[i].stream);
+        cudaStreamWaitEvent(be.main_.stream, be.sides_[i].done, 0);
+      }
+      be.use_lane(be.main_);
+    }
+  } join{*this, lanes};
+  for (int j = 0; j < n; ++j) {
+    use_lane(sides_[j % lanes]);
+    body(j);
+  }
+}
+
+void CudaBackend::set_num_threads(int n) {
+  threads_ = n > 0 ? n : 1;
+  cuda::check(cudaSetDevice(device_), "set_num_threads", "device " + std::to_string(device_));
 }
 
 std::string CudaBackend::name() const {
@@ -232,7 +314,15 @@ bool CudaBackend::is_device_pointer(const void* p) {
 
 void* CudaBackend::allocate(size_t bytes) {
   void* p = nullptr;
-  cuda::check(cudaMalloc(&p, bytes ? bytes : 1), "allocate", std::to_string(bytes) + " bytes");
+  cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+  if (e == cudaErrorMemoryAllocation) {  // the scratch pool may hold what is missing: return it and retry
+    cudaGetLastError();
+    cudaMemPool_t pool = nullptr;
+    if (cudaStreamSynchronize(stream_) == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, device_) == cudaSuccess &&
+        cudaMemPoolTrimTo(pool, 0) == cudaSuccess)
+      e = cudaMalloc(&p, bytes ? bytes : 1);
+  }
+  cuda::check(e, "allocate", std::to_string(bytes) + " bytes");
   return p;
 }
 

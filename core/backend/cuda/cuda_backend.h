@@ -6,7 +6,12 @@
 // float rounding of the CPU's) and the rest are our kernels.
 //
 // Why one stream: every op is ordered after the previous one without events, and
-// copy_to_host's synchronisation is the only place the host waits. Determinism: no kernel
+// copy_to_host's synchronisation is the only place the host waits. The one exception is
+// run_modules: a pool's modules touch disjoint rows and parameters, so each runs on one of a
+// few side streams (its "lane": stream, cuBLAS handle and cuBLASLt workspace of its own, so
+// that concurrent GEMMs never share a workspace), forked from and joined back into the main
+// stream with events. Small per-module GEMMs then overlap instead of queueing.
+// MOM_CUDA_POOL_STREAMS sets the lanes (default 4; 0 or 1: the plain loop, to measure against). Determinism: no kernel
 // feeding a result uses atomics; reductions run in a fixed tree whose shape depends on the
 // sizes only (cuda_common.cuh), so the same inputs give the same bits run after run.
 //
@@ -18,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 
@@ -33,8 +39,9 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::CUDA; }
   std::string name() const override;
-  // Host threads are not used by the kernels; the count is kept for callers that ask.
-  void set_num_threads(int n) override { threads_ = n > 0 ? n : 1; }
+  // Host threads are not used by the kernels; the count is kept for callers that ask. Makes
+  // this backend's GPU the calling thread's current device (CUDA's is per thread).
+  void set_num_threads(int n) override;
   int num_threads() const override { return threads_; }
   int device_index() const { return device_; }
   cudaStream_t stream() const { return stream_; }
@@ -48,6 +55,7 @@ class CudaBackend final : public Backend {
   void copy_to_host(void* dst, const Tensor& src) override;
   void copy(const Tensor& dst, const Tensor& src) override;
   void synchronize() override;
+  void run_modules(int n, const std::function<void(int)>& body) override;
 
   void embedding_forward(const Tensor& out, const Tensor& tokens, const Tensor& wte, const Tensor& wpe, int T,
                          int pos0) override;
@@ -114,9 +122,10 @@ class CudaBackend final : public Backend {
   double sum_squares(const Tensor& t) override;
 
   // Row-major GEMM on this backend's stream, the CPU backend's cpu::gemm contract:
-  // C = alpha·op(A)·op(B) + beta·C with op(A) [M,K], op(B) [K,N]; bias [N] (f32 only, may be
-  // null) is added to every row of C by cuBLASLt's epilogue. T = float or double. `op` names
-  // the Backend op for error messages.
+  // C = alpha·op(A)·op(B) + beta·C with op(A) [M,K], op(B) [K,N]; bias [N] (may be null) is
+  // added to every row of C (f32: by cuBLASLt's epilogue when it is 16-byte aligned, else by a
+  // kernel before the product). T = float or double. `op` names the Backend op for error
+  // messages.
   template <class T>
   void gemm(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
             int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const T* bias = nullptr);
@@ -127,13 +136,29 @@ class CudaBackend final : public Backend {
                             T beta, T* C, int64_t ldc, int64_t stride_c, int64_t batch);
 
  private:
+  // What an op runs on: a stream, the cuBLAS handle bound to it and a cuBLASLt workspace.
+  struct Lane {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    void* workspace = nullptr;
+    cudaEvent_t done = nullptr;  // side lanes: recorded when their modules are queued
+  };
+  Lane make_lane(bool side) const;
+  static void destroy_lane(Lane& lane);
+  void use_lane(const Lane& lane);
+
   int device_ = 0;
   int threads_ = 1;
-  cudaStream_t stream_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
+  size_t lt_workspace_bytes_ = 0;
+  Lane main_;                // the backend's own stream
+  std::vector<Lane> sides_;  // run_modules' side streams, made on first use
+  int side_count_ = 4;
+  cudaEvent_t fork_ = nullptr;
+  // The lane ops run on now (main_'s, or a side lane's inside run_modules).
+  cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   void* lt_workspace_ = nullptr;
-  size_t lt_workspace_bytes_ = 0;
 };
 
 }  // namespace mom

@@ -18,7 +18,8 @@
 // by a fixed xor-shuffle tree, rounded once and added by lane 0. The bits depend on the sizes
 // only.
 //
-// Zero rows (an empty module pool, or no tokens) launch nothing.
+// Zero rows launch nothing (gather_rows with no dispatched rows, combine_rows and its backward
+// with no tokens); an empty module pool's combine still runs over the tokens, every slot < 0.
 #include "core/backend/cuda/cuda_common.cuh"
 
 namespace mom {

@@ -6,10 +6,16 @@
 // Row-major is mapped onto column-major by computing Cᵀ = op(B)ᵀ·op(A)ᵀ, so no layout
 // conversions are needed; the bias then runs along the column-major rows, i.e. along the
 // row-major output's columns, as a linear layer wants. Compute is CUBLAS_COMPUTE_32F (TF32
-// off): f32 results stay within float rounding of the CPU backend's.
+// off) by default: f32 results stay within float rounding of the CPU backend's;
+// train.matmul_precision "high" / "medium" lets the f32 GEMMs multiply on TF32 / bf16 tensor
+// cores (Backend::MatmulPrecision, part of the cached key).
 //
 // Why the alignment is part of the cached key: cuBLASLt's heuristic assumes 256-byte aligned
-// pointers unless told otherwise, and row views (Tensor::rows) are only element aligned.
+// pointers unless told otherwise, and row views (Tensor::rows) are only element aligned. The
+// bias has no alignment preference and its epilogue wants it 16-byte aligned, so a bias that
+// is not goes in by a small kernel first (C = beta·C + bias, then the GEMM with beta = 1).
+// When cuBLASLt has no algorithm for a shape/alignment, the plan falls back to cublasGemmEx
+// (same mapping, bias by the same kernel); the choice is cached with the plan.
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -29,12 +35,26 @@ uint32_t alignment_of(const void* p) {
 }
 
 using LtKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, uint32_t, uint32_t,
-                         uint32_t, uint32_t, bool>;
+                         uint32_t, bool, int>;
+
+// train.matmul_precision: plain f32 (the default: results within float rounding of the CPU's),
+// or f32 inputs and outputs multiplied on TF32 or bf16 tensor cores with f32 accumulation.
+cublasComputeType_t compute_type(Backend::MatmulPrecision p) {
+  switch (p) {
+    case Backend::MatmulPrecision::TF32:
+      return CUBLAS_COMPUTE_32F_FAST_TF32;
+    case Backend::MatmulPrecision::BF16:
+      return CUBLAS_COMPUTE_32F_FAST_16BF;
+    default:
+      return CUBLAS_COMPUTE_32F;
+  }
+}
 
 struct LtPlan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool use_gemm_ex = false;  // cuBLASLt found no algorithm: cublasGemmEx instead
 };
 
 std::string gemm_what(bool ta, bool tb, int64_t M, int64_t N, int64_t K) {
@@ -67,15 +87,24 @@ void CudaBackend::gemm<float>(const char* op, bool trans_a, bool trans_b, int64_
     beta_plus_bias<<<cuda::grid_for(M * N), cuda::kThreads, 0, stream_>>>(C, ldc, bias, M, N, beta);
     return cuda::check_launch(op, what, stream_);
   }
+  // The bias epilogue needs a 16-byte aligned bias; otherwise add it first and accumulate.
+  const auto bias_first = [&] {
+    beta_plus_bias<<<cuda::grid_for(M * N), cuda::kThreads, 0, stream_>>>(C, ldc, bias, M, N, beta);
+    cuda::check_launch(op, what, stream_);
+    bias = nullptr;
+    beta = 1.0f;
+  };
+  if (bias && alignment_of(bias) < 16) bias_first();
   // Column-major view: C'[N, M] = op(B)'[N, K] · op(A)'[K, M] where X' is X read column-major.
   // Row-major A [M,K] (lda) is column-major Aᵀ [K,M] with the same lda, and so on.
   const int64_t m = N, n = M, k = K;
   const bool ta = trans_b, tb = trans_a;  // operand order swaps
   const float *pa = B, *pb = A;
   const int64_t la = ldb, lb = lda;
-  const uint32_t al_a = alignment_of(pa), al_b = alignment_of(pb), al_c = alignment_of(C),
-                 al_bias = bias ? alignment_of(bias) : 256;
-  const LtKey key{ta, tb, m, n, k, la, lb, ldc, bias != nullptr, al_a, al_b, al_c, al_bias, beta != 0.0f};
+  const uint32_t al_a = alignment_of(pa), al_b = alignment_of(pb), al_c = alignment_of(C);
+  const cublasComputeType_t compute = compute_type(matmul_precision());
+  const LtKey key{
+      ta, tb, m, n, k, la, lb, ldc, bias != nullptr, al_a, al_b, al_c, beta != 0.0f, static_cast<int>(compute)};
 
   static std::mutex mutex;
   static std::map<LtKey, LtPlan> plans;
@@ -83,7 +112,7 @@ void CudaBackend::gemm<float>(const char* op, bool trans_a, bool trans_b, int64_
   auto it = plans.find(key);
   if (it == plans.end()) {
     LtPlan plan;
-    cuda::check(cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), op, what);
+    cuda::check(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F), op, what);
     const cublasOperation_t oa = op_of(ta), ob = op_of(tb);
     cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa), op, what);
     cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob), op, what);
@@ -117,18 +146,32 @@ void CudaBackend::gemm<float>(const char* op, bool trans_a, bool trans_b, int64_
     const cublasStatus_t s =
         cublasLtMatmulAlgoGetHeuristic(lt_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    cuda::check(s, op, what);
-    if (found == 0) cuda::check(CUBLAS_STATUS_NOT_SUPPORTED, op, what + ": cuBLASLt has no algorithm for it");
-    plan.algo = result.algo;
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
+      plan.use_gemm_ex = true;  // no cuBLASLt algorithm for this shape and alignment
+    } else {
+      cuda::check(s, op, what);
+      plan.algo = result.algo;
+    }
     it = plans.emplace(key, plan).first;
   }
-  const LtPlan& plan = it->second;
-  if (bias)
-    cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), op,
-                what);
-  cuda::check(cublasLtMatmul(lt_, plan.desc, &alpha, pa, plan.a, pb, plan.b, &beta, C, plan.c, C, plan.c, &plan.algo,
-                             lt_workspace_, lt_workspace_bytes_, stream_),
-              op, what);
+  LtPlan& plan = it->second;
+  if (!plan.use_gemm_ex) {
+    if (bias)
+      cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), op,
+                  what);
+    const cublasStatus_t st = cublasLtMatmul(lt_, plan.desc, &alpha, pa, plan.a, pb, plan.b, &beta, C, plan.c, C,
+                                             plan.c, &plan.algo, lt_workspace_, lt_workspace_bytes_, stream_);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED) {
+      cuda::check(st, op, what);
+      return cuda::check_launch(op, what, stream_);
+    }
+    plan.use_gemm_ex = true;  // refused at run time (nothing was launched): cublasGemmEx from now on
+  }
+  if (bias) bias_first();
+  cuda::check(cublasGemmEx(blas_, op_of(ta), op_of(tb), static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                           &alpha, pa, CUDA_R_32F, static_cast<int>(la), pb, CUDA_R_32F, static_cast<int>(lb), &beta, C,
+                           CUDA_R_32F, static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT),
+              op, what + " (cublasGemmEx: cuBLASLt has no algorithm for it)");
   cuda::check_launch(op, what, stream_);
 }
 
@@ -160,9 +203,10 @@ void CudaBackend::gemm_strided_batched(const char* op, bool trans_a, bool trans_
   const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
   cublasStatus_t s;
   if constexpr (std::is_same_v<T, float>)
-    s = cublasSgemmStridedBatched(blas_, op_of(trans_b), op_of(trans_a), m, n, k, &alpha, B, static_cast<int>(ldb),
-                                  stride_b, A, static_cast<int>(lda), stride_a, &beta, C, static_cast<int>(ldc),
-                                  stride_c, static_cast<int>(batch));
+    s = cublasGemmStridedBatchedEx(blas_, op_of(trans_b), op_of(trans_a), m, n, k, &alpha, B, CUDA_R_32F,
+                                   static_cast<int>(ldb), stride_b, A, CUDA_R_32F, static_cast<int>(lda), stride_a,
+                                   &beta, C, CUDA_R_32F, static_cast<int>(ldc), stride_c, static_cast<int>(batch),
+                                   compute_type(matmul_precision()), CUBLAS_GEMM_DEFAULT);
   else
     s = cublasDgemmStridedBatched(blas_, op_of(trans_b), op_of(trans_a), m, n, k, &alpha, B, static_cast<int>(ldb),
                                   stride_b, A, static_cast<int>(lda), stride_a, &beta, C, static_cast<int>(ldc),

@@ -25,8 +25,8 @@ namespace {
 
 // Rows [0, R) of s [R, V] (grid-stride over rows): losses[r] = log Σ_j exp(s[r,j] − max) −
 // (s[r,t] − max), t = targets[r]; when backward, s[r] ← g·softmax(s[r]) − g·onehot(t).
-// A target outside [0, V) (no caller makes one) gives a NaN loss and no gradient instead of
-// a read out of bounds.
+// A target outside [0, V) (no caller makes one) gives a NaN loss and no one-hot term in the
+// gradient instead of an access out of bounds.
 template <class T>
 __global__ void xent_rows_kernel(T* losses, T* s, const int32_t* targets, int64_t R, int64_t V, T g, bool backward) {
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
