@@ -116,12 +116,12 @@ def torch_tokens_per_s(args, precision):
     return args.batch * T / times[len(times) // 2]
 
 
-def mom_bench(args, config, extra=()):
+def mom_bench(args, config, extra=(), env=None):
     cmd = shlex.split(args.mom) + ["bench", "train", "--config", os.path.join(REPO, "jobs/configs", config),
                                    "--set", "train.device=cuda", "--set", f"train.batch_size={args.batch}",
                                    "--set", f"train.seq_len={args.seq}", "--steps", str(args.steps), "--warmup",
                                    str(args.warmup), "--peak-tflops", str(args.peak_tflops), *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env={**os.environ, **(env or {})})
     if r.returncode != 0:
         return {"error": (r.stdout + r.stderr).strip()[-2000:], "command": " ".join(cmd)}
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -158,6 +158,8 @@ def main():
     res["mom_dense"] = mom_bench(args, "gpt2_small.json", bf16)
     res["mom_moe"] = mom_bench(args, "moe_gpt2_small.json", bf16)
     res["mom_mom"] = mom_bench(args, "mom_gpt2_small.json", bf16)
+    # The module pools' side streams against the plain loop (MOM_CUDA_POOL_STREAMS=0).
+    res["mom_mom_loop"] = mom_bench(args, "mom_gpt2_small.json", bf16, {"MOM_CUDA_POOL_STREAMS": "0"})
 
     def per_active_flop_ms(r):  # ms per step / (FLOPs a step does), relative figures only
         return r["step_ms_median"] / (r["flops_per_token"] * args.batch * args.seq) if "step_ms_median" in r else None
@@ -188,6 +190,10 @@ def main():
                          f" (target <= 1.15x; {r['tokens_per_s']:.0f} tok/s)")
         else:
             lines.append(f"  {name[4:]}: FAILED: {r.get('error', '')[-400:]}")
+    loop, streams = res["mom_mom_loop"], res["mom_mom"]
+    if "tokens_per_s" in loop and "tokens_per_s" in streams:
+        res["mom_streams_vs_loop"] = streams["tokens_per_s"] / loop["tokens_per_s"]
+        lines.append(f"  MoM pools on side streams / plain loop: {res['mom_streams_vs_loop']:.2f}x tokens/s")
     print("\n".join(lines))
     with open(args.json, "w") as f:
         json.dump(res, f, indent=1)

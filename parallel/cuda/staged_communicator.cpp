@@ -15,8 +15,13 @@ void to_host(void* host, const void* device, size_t bytes) {
   if (bytes) check_cuda(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (staging to host)");
 }
 
+// A cudaMemcpy from pageable host memory may return before its DMA has reached the device, and
+// the default stream it runs on does not order the backend's (non-blocking) stream or the
+// DeviceMemory stream after it: synchronise, so the results are in place when the call returns.
 void to_device(void* device, const void* host, size_t bytes) {
-  if (bytes) check_cuda(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (staging to device)");
+  if (!bytes) return;
+  check_cuda(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (staging to device)");
+  check_cuda(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize (staging to device)");
 }
 
 // The extent of an alltoallv buffer: one past the last byte any peer's slice touches.

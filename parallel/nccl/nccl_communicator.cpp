@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -93,7 +94,10 @@ NcclCommunicator::NcclCommunicator(Adopt, std::unique_ptr<Communicator> host, in
 
 NcclCommunicator::~NcclCommunicator() {
   cudaSetDevice(device_);
-  if (comm_ && !broken_) {
+  // While an exception unwinds (a timed-out host collective, an error on this rank only) the peers
+  // may never reach their own destructors, so Finalize would wait out the whole timeout before the
+  // caller's abort_job: abort instead.
+  if (comm_ && !broken_ && std::uncaught_exceptions() == 0) {
     // Finalize waits for the peers (the communicator must be globally quiescent); bounded, then
     // the abort frees what is left.
     ncclResult_t rc = ncclCommFinalize(comm_);

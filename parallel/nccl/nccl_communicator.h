@@ -40,7 +40,7 @@ class NcclCommunicator final : public Communicator {
   // host communicator's timeout.
   NcclCommunicator(std::unique_ptr<Communicator> host, int device);
   // Finalises (bounded by the timeout) and destroys a healthy communicator, aborts a failed
-  // one; never throws.
+  // one or one destroyed while an exception unwinds; never throws.
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
