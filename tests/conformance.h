@@ -123,12 +123,6 @@ class Twin {
     dev_->copy_from_host(p.dev, v.data());
     return p;
   }
-  // Integers uniform in [0, n).
-  Pair random_ints(Shape s, int32_t n) {
-    std::vector<int32_t> v(static_cast<size_t>(s.numel()));
-    for (auto& x : v) x = static_cast<int32_t>(rng_.next_u64() % static_cast<uint64_t>(n));
-    return ints(s, v);
-  }
   static Pair none() { return {}; }
 
   // Overwrites both sides with v (rounded to the tested dtype on its side).

@@ -303,15 +303,6 @@ std::string CudaBackend::name() const {
          std::to_string(device_) + "; cuBLASLt + kernels)";
 }
 
-bool CudaBackend::is_device_pointer(const void* p) {
-  cudaPointerAttributes a{};
-  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky-free error so the next check does not see it
-    return false;
-  }
-  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
-}
-
 void* CudaBackend::allocate(size_t bytes) {
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);

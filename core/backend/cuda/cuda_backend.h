@@ -45,8 +45,6 @@ class CudaBackend final : public Backend {
   int num_threads() const override { return threads_; }
   int device_index() const { return device_; }
   cudaStream_t stream() const { return stream_; }
-  // True when p is memory of a CUDA device (cudaMalloc'd), false for host memory.
-  static bool is_device_pointer(const void* p);
 
   void* allocate(size_t bytes) override;
   void release(void* p) override;
