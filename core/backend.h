@@ -75,6 +75,7 @@ class Backend {
   // ---- layernorm over the last axis; mean and rstd [N] are saved for backward
   virtual void layernorm_forward(const Tensor& out, const Tensor& mean, const Tensor& rstd, const Tensor& inp,
                                  const Tensor& weight, const Tensor& bias, double eps) = 0;
+  // dinp, dweight, dbias (+=): any may be empty.
   virtual void layernorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dbias, const Tensor& dout,
                                   const Tensor& inp, const Tensor& weight, const Tensor& mean, const Tensor& rstd) = 0;
 

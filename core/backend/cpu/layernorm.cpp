@@ -48,9 +48,12 @@ void CpuBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, c
     const T* d = dout.ptr<T>();
     const T* mu = mean.ptr<T>();
     const T* rs = rstd.ptr<T>();
-    T* dx = dinp.ptr<T>();
+    // Any gradient may be empty (the CUDA backend's contract too): each is skipped whole.
+    T* dx = dinp.empty() ? nullptr : dinp.ptr<T>();
+    T* dw = dweight.empty() ? nullptr : dweight.ptr<T>();
+    T* db = dbias.empty() ? nullptr : dbias.ptr<T>();
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = 0; n < (dx ? N : 0); ++n) {
       const T* xr = x + n * C;
       const T* dr = d + n * C;
       T dnorm_mean = 0, dnorm_norm_mean = 0;
@@ -69,10 +72,8 @@ void CpuBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, c
         dxr[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * rs[n];
       }
     }
-    T* dw = dweight.ptr<T>();
-    T* db = dbias.ptr<T>();
     constexpr int64_t kCols = 64;
-    const int64_t blocks = (C + kCols - 1) / kCols;
+    const int64_t blocks = dw || db ? (C + kCols - 1) / kCols : 0;
 #pragma omp parallel for schedule(static)
     for (int64_t cb = 0; cb < blocks; ++cb) {
       const int64_t c0 = cb * kCols, c1 = std::min(C, c0 + kCols);
@@ -83,8 +84,8 @@ void CpuBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, c
           acc_b[c - c0] += d[n * C + c];
         }
       for (int64_t c = c0; c < c1; ++c) {
-        dw[c] += acc_w[c - c0];
-        db[c] += acc_b[c - c0];
+        if (dw) dw[c] += acc_w[c - c0];
+        if (db) db[c] += acc_b[c - c0];
       }
     }
   });

@@ -17,7 +17,7 @@
 // writes into a scratch [N, C] (stream-ordered, from the pool) while it computes dinp. The
 // scratch costs one extra write and read of an [N, C] array, small beside the GEMMs around a
 // LayerNorm, and keeps this file free of its own cross-block reduction. Any of dinp, dweight,
-// dbias may be empty (the CPU backend needs all three; the CUDA one skips what is absent).
+// dbias may be empty (Backend contract); what is absent is skipped.
 #include "core/backend/cuda/cuda_common.cuh"
 
 namespace mom {
