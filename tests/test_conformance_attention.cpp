@@ -285,6 +285,37 @@ TEST_P(AttentionConformance, CachedMatchesTraining) {
   }
 }
 
+// Long caches: the cached kernels keep a row's scores in shared memory, opt in above 48 KiB
+// (n_ctx 20000 in f32: 80 KB) and fall back to global scratch beyond what a block may have
+// (n_ctx 70000: 280 KB, over the H200's 227 KB). Caches filled with random keys and values;
+// two rows of one sequence, the last at n_ctx − 1, attend over them.
+TEST_P(AttentionConformance, CachedLongContexts) {
+  tw().reserve(size_t{80} << 20);
+  const int64_t C = 64;
+  const int nh = 2;
+  for (int64_t n_ctx : {20000, 70000}) {
+    for (bool shaped : {false, true}) {
+      tw().reset();
+      const int64_t W = shaped ? 2 * C : 3 * C;
+      const Gains g = random_gains(tw(), nh);
+      const Pair kc = tw().random({1, n_ctx, C}), vc = tw().random({1, n_ctx, C});
+      const Pair x = tw().random({2, W}, -0.2, 0.2), v = tw().random({2, C});
+      const Pair sl = tw().ints({2}, {0, 0}),
+                 ps = tw().ints({2}, {static_cast<int32_t>(n_ctx / 2), static_cast<int32_t>(n_ctx - 1)});
+      const Pair out = tw().zeros({2, C});
+      tw().both([&](Backend& be, bool d) {
+        if (shaped)
+          be.shaped_attention_forward_cached(out[d], x[d], v[d], kc[d], vc[d], sl[d], ps[d], g.alpha[d], g.beta[d],
+                                             g.gamma[d], nh);
+        else
+          be.attention_forward_cached(out[d], x[d], kc[d], vc[d], sl[d], ps[d], nh);
+      });
+      EXPECT_TRUE(tw().close(out, tw().tol(1e-5),
+                             std::string(shaped ? "shaped " : "") + "cached out, n_ctx " + std::to_string(n_ctx)));
+    }
+  }
+}
+
 // A row's bits do not depend on the other rows of its step: decode one row per sequence
 // together, then again alone and in reverse order (rewriting a cache row with the same k and
 // v changes nothing).
