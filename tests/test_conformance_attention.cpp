@@ -91,6 +91,19 @@ Gains random_gains(Twin& tw, int nh) {
   return {tw.random({nh}, 0.3, 1.7), tw.random({nh}, 0.3, 1.7), tw.random({nh}, 0.3, 1.7)};
 }
 
+// One cached step on both sides: shaped attention (x = qk, v its values) or standard (x =
+// qkv; v unused).
+void cached_step(Twin& tw, bool shaped, const Pair& out, const Pair& x, const Pair& v, const Pair& kc, const Pair& vc,
+                 const Pair& slot, const Pair& pos, const Gains& g, int nh) {
+  tw.both([&](Backend& be, bool d) {
+    if (shaped)
+      be.shaped_attention_forward_cached(out[d], x[d], v[d], kc[d], vc[d], slot[d], pos[d], g.alpha[d], g.beta[d],
+                                         g.gamma[d], nh);
+    else
+      be.attention_forward_cached(out[d], x[d], kc[d], vc[d], slot[d], pos[d], nh);
+  });
+}
+
 TEST_P(AttentionConformance, ShapedForwardBackward) {
   for (const Case& c : kCases) {
     tw().reset();
@@ -262,13 +275,7 @@ void check_cached(Twin& tw, int64_t C, int nh, const std::vector<int64_t>& lengt
     }
     const Pair xm = tw.values({M, W}, x), sl = tw.ints({M}, slot), ps = tw.ints({M}, pos), out = tw.zeros({M, C});
     const Pair vm = shaped ? tw.values({M, C}, v) : Twin::none();
-    tw.both([&](Backend& be, bool d) {
-      if (shaped)
-        be.shaped_attention_forward_cached(out[d], xm[d], vm[d], kc[d], vc[d], sl[d], ps[d], g.alpha[d], g.beta[d],
-                                           g.gamma[d], nh);
-      else
-        be.attention_forward_cached(out[d], xm[d], kc[d], vc[d], sl[d], ps[d], nh);
-    });
+    cached_step(tw, shaped, out, xm, vm, kc, vc, sl, ps, g, nh);
     const std::string where = at + " step " + std::to_string(step) + " (" + std::to_string(M) + " rows)";
     EXPECT_TRUE(tw.close(out, tw.tol(1e-5), "cached out" + where));
     EXPECT_TRUE(near(tw.host_dev(out), want, tw.tol(1e-5), "cached out against the training forward" + where));
@@ -303,13 +310,7 @@ TEST_P(AttentionConformance, CachedLongContexts) {
       const Pair sl = tw().ints({2}, {0, 0}),
                  ps = tw().ints({2}, {static_cast<int32_t>(n_ctx / 2), static_cast<int32_t>(n_ctx - 1)});
       const Pair out = tw().zeros({2, C});
-      tw().both([&](Backend& be, bool d) {
-        if (shaped)
-          be.shaped_attention_forward_cached(out[d], x[d], v[d], kc[d], vc[d], sl[d], ps[d], g.alpha[d], g.beta[d],
-                                             g.gamma[d], nh);
-        else
-          be.attention_forward_cached(out[d], x[d], kc[d], vc[d], sl[d], ps[d], nh);
-      });
+      cached_step(tw(), shaped, out, x, v, kc, vc, sl, ps, g, nh);
       EXPECT_TRUE(tw().close(out, tw().tol(1e-5),
                              std::string(shaped ? "shaped " : "") + "cached out, n_ctx " + std::to_string(n_ctx)));
     }
@@ -331,13 +332,7 @@ TEST_P(AttentionConformance, CachedRowsAreBatchInvariant) {
     auto step = [&](const std::vector<int32_t>& slot, const std::vector<int32_t>& pos, const Pair& x, const Pair& v) {
       const int64_t M = static_cast<int64_t>(slot.size());
       const Pair sl = tw().ints({M}, slot), ps = tw().ints({M}, pos), out = tw().zeros({M, C});
-      tw().both([&](Backend& be, bool d) {
-        if (shaped)
-          be.shaped_attention_forward_cached(out[d], x[d], v[d], kc[d], vc[d], sl[d], ps[d], g.alpha[d], g.beta[d],
-                                             g.gamma[d], nh);
-        else
-          be.attention_forward_cached(out[d], x[d], kc[d], vc[d], sl[d], ps[d], nh);
-      });
+      cached_step(tw(), shaped, out, x, v, kc, vc, sl, ps, g, nh);
       return out;
     };
     // Prefill every sequence's first len[s] rows in one step.
