@@ -173,7 +173,7 @@ TEST_F(CliErrors, UsageErrorsAreNotCrashes) {
 // Asking for a GPU where there is none: one message naming the device and the fix, from every
 // command that runs a model (a machine with a GPU runs these commands instead: see
 // test_resume's Cuda tests).
-TEST_F(CliErrors, CudaWithoutAGpu) {
+TEST_F(CliErrors, DeviceThatIsNotHere) {
   std::string why;
   if (cuda_backend_or_null(&why)) GTEST_SKIP() << "this machine has a CUDA device";
   const std::string ckpt = shell_quote(good_ckpt_);

@@ -65,7 +65,7 @@ TEST(DeviceCommunicator, CpuKeepsTheWorldUnchanged) {
   EXPECT_EQ(world->device_memory(), nullptr);
 }
 
-TEST(DeviceCommunicator, CudaWithoutAGpuIsAUserError) {
+TEST(DeviceCommunicator, MissingDeviceIsAUserError) {
   if (have_gpu()) GTEST_SKIP() << "a GPU is visible here";
   try {
     communicator_for_device(std::make_unique<SoloCommunicator>(), Device::CUDA);
@@ -95,7 +95,7 @@ TEST(DeviceCommunicator, BadMomCommIsAUserError) {
   }
 }
 
-TEST(DeviceCommunicator, NcclOnlyWhenEveryRankHasItsOwnGpu) {
+TEST(DeviceCommunicator, SelectionWantsADevicePerRank) {
   const std::vector<std::string> own = {"node1 GPU-a", "node1 GPU-b", "node2 GPU-a", "node2 GPU-b"};
   const std::vector<std::string> shared = {"node1 GPU-a", "node1 GPU-a", "node1 GPU-b", "node1 GPU-c"};
   std::string why;

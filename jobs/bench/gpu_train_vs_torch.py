@@ -141,6 +141,15 @@ def main():
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--json", default=os.path.join(os.environ.get("OUT", "/tmp"), "gpu_train_bench.json"))
     args = ap.parse_args()
+    try:
+        import torch
+
+        have_gpu = torch.cuda.is_available()
+    except ImportError:
+        have_gpu = False
+    if not have_gpu:
+        print("gpu_train_vs_torch: skipped: no CUDA device visible to PyTorch here (run it on a GPU machine)")
+        return 77
 
     fpt = gpt2_flops_per_token(12, 768, 50257, args.seq)
     res = {"batch": args.batch, "seq": args.seq, "peak_tflops": args.peak_tflops, "flops_per_token_gpt2": fpt}

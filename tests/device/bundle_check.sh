@@ -3,9 +3,11 @@
 # - every program's libraries resolve inside the bundle, except the C library's and the
 #   NVIDIA/CUDA ones the node provides (ldd with the bundle's library path);
 # - the bundle's run.sh starts `mom` and a test binary (the tokenizer tests, which need the
-#   bundled tokenizer files) with nothing from the build tree on the paths;
-# - jobs/device/check.sh runs against it: the bundle step passes, the CUDA step says why it
-#   has nothing to run, and without a GPU the machine step fails (so check.sh exits non-zero).
+#   bundled tokenizer files) with nothing from the build tree on the paths, finds every
+#   library (--check-libraries), and runs a 2-rank MPI test with the bundle's own mpirun and
+#   OpenMPI plugins;
+# - jobs/device/check.sh runs against it: the bundle step passes; without a GPU the CUDA and
+#   communicator steps say skipped and the machine step fails (so check.sh exits non-zero).
 # Usage: tests/device/bundle_check.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
 build=$1 src=$2
@@ -40,11 +42,21 @@ out="$(env -u MOM_TOKENIZER_DIR MOM_SCRATCH_DIR="$work/scratch" "$b/run.sh" test
   fail "run.sh test_tokenizer failed: $out"
 echo "$out" | grep -q "PASSED" || fail "test_tokenizer did not pass: $out"
 echo "$out" | grep -q "SKIPPED" && fail "test_tokenizer skipped tests (tokenizer files not found?): $out"
+"$b/run.sh" --check-libraries || fail "run.sh --check-libraries"
+# MPI from the bundle: its own launcher and plugins (run.sh points OpenMPI at them).
+out="$(timeout 120 "$b/run.sh" mpirun --allow-run-as-root --oversubscribe -np 2 "$b/bin/mpi_test_token_exchange" 2>&1)" ||
+  fail "run.sh mpirun -np 2 mpi_test_token_exchange: $out"
+echo "$out" | grep -q "PASS" || fail "mpi_test_token_exchange from the bundle: $out"
 check="$(MOM_REFERENCE_PYTHON=/usr/bin/python3 OUT="$work" bash "$src/jobs/device/check.sh" "$b" 2>&1)"
 rc=$?
 echo "$check"
 echo "$check" | grep -q "check: bundle runs (mom --help): passed" || fail "check.sh: the bundle step did not pass"
-echo "$check" | grep -qE "check: CUDA tests: (passed|skipped)" || fail "check.sh: the CUDA step"
+if command -v nvidia-smi >/dev/null; then
+  echo "$check" | grep -qE "check: CUDA tests: (passed|skipped)" || fail "check.sh: the CUDA step"
+else
+  echo "$check" | grep -q "check: CUDA tests: skipped" || fail "check.sh: without a GPU the CUDA step must say skipped"
+  echo "$check" | grep -q "check: communicators .*: skipped" || fail "check.sh: without a GPU the communicators must skip"
+fi
 if ! command -v nvidia-smi >/dev/null; then
   echo "$check" | grep -q "check: machine: FAILED" || fail "check.sh: no GPU here, the machine step should fail"
   ((rc != 0)) || fail "check.sh exited 0 without a GPU"
