@@ -1,14 +1,31 @@
 // The timeout default and SoloCommunicator: one rank, so each collective copies its own part.
 #include "parallel/communicator.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
 
 namespace mom {
+
+bool poll_until(double timeout_s, const std::function<bool()>& done) {
+  using clock = std::chrono::steady_clock;
+  const auto deadline =
+      clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s));
+  auto pause = std::chrono::microseconds(0);
+  for (int polls = 0;; ++polls) {
+    if (done()) return true;
+    if (clock::now() >= deadline) return false;
+    if (polls < 1000) continue;
+    pause = std::min(std::chrono::microseconds(200), pause + std::chrono::microseconds(10));
+    std::this_thread::sleep_for(pause);
+  }
+}
 
 double default_comm_timeout_s() {
   const char* v = std::getenv("MOM_COMM_TIMEOUT_S");
@@ -30,7 +47,8 @@ void Communicator::gather_bytes(const void* send, void* recv, size_t bytes, int 
   std::vector<int64_t> send_counts(n, 0), send_displs(n, 0), recv_counts(n, 0), recv_displs(n, 0);
   send_counts[root] = static_cast<int64_t>(bytes);
   if (me == root)
-    for (int p = 0; p < n; ++p) recv_counts[p] = static_cast<int64_t>(bytes), recv_displs[p] = p * static_cast<int64_t>(bytes);
+    for (int p = 0; p < n; ++p)
+      recv_counts[p] = static_cast<int64_t>(bytes), recv_displs[p] = p * static_cast<int64_t>(bytes);
   alltoallv_bytes(send, send_counts.data(), send_displs.data(), recv, recv_counts.data(), recv_displs.data());
 }
 

@@ -26,6 +26,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -37,6 +38,13 @@ namespace mom {
 struct CommTimeout : std::runtime_error {
   explicit CommTimeout(const std::string& what) : std::runtime_error(what) {}
 };
+
+// Polls done() until it returns true (then true) or timeout_s seconds pass (then false). It
+// spins first (small collectives finish in microseconds), then sleeps in steps growing to
+// 200 us, so that a rank waiting on a slow peer leaves its core to the ranks doing the work,
+// while a collective that only advances when polled (MPI_Test, NCCL's non-blocking calls) is
+// still polled often: the token exchange runs dozens of them a step.
+bool poll_until(double timeout_s, const std::function<bool()>& done);
 
 // Seconds from MOM_COMM_TIMEOUT_S when set (a positive number; anything else is a UserError
 // naming the variable), else 300.

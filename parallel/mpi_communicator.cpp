@@ -2,13 +2,11 @@
 #include "parallel/mpi_communicator.h"
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
 #include <stdexcept>
-#include <thread>
 #include <vector>
 
 namespace mom {
@@ -21,14 +19,6 @@ int to_int(int64_t n, const char* op) {
     throw std::length_error(std::string("MPI ") + op + ": count " + std::to_string(n) +
                             " does not fit in an int; split the exchange");
   return static_cast<int>(n);
-}
-
-int world_rank() {
-  int initialized = 0, finalized = 0, r = -1;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (initialized && !finalized) MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
 }
 
 }  // namespace
@@ -75,7 +65,7 @@ void MpiCommunicator::check(int rc, const char* op) const {
   int len = 0;
   MPI_Error_string(rc, text, &len);
   std::ostringstream msg;
-  msg << "MPI " << op << " failed on rank " << rank_ << " of " << size_ << " (world rank " << world_rank()
+  msg << "MPI " << op << " failed on rank " << rank_ << " of " << size_ << " (world rank " << mpi_world_rank()
       << "): " << std::string(text, static_cast<size_t>(len));
   throw std::runtime_error(msg.str());
 }
@@ -87,33 +77,19 @@ void MpiCommunicator::check_usable(const char* op) const {
 }
 
 void MpiCommunicator::wait(MPI_Request& req, const char* op) {
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  const auto deadline = start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(timeout_s_));
-  // Spin briefly (small collectives finish in microseconds), then back off to short sleeps so
-  // a rank waiting on a slow peer does not take a core from the ranks doing the work. The
-  // sleeps stay short (at most 200 us): a non-blocking collective only advances inside
-  // MPI_Test, and the token exchange runs dozens of them a step, so a long sleep would be paid
-  // on every one.
-  auto pause = std::chrono::microseconds(0);
-  for (int polls = 0;; ++polls) {
-    int done = 0;
-    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), op);
-    if (done) return;
-    const auto now = clock::now();
-    if (now >= deadline) {
-      broken_ = true;
-      std::ostringstream msg;
-      msg << "MPI " << op << " timed out on rank " << rank_ << " of " << size_ << " (world rank " << world_rank()
-          << ") after " << timeout_s_
-          << " s: a peer rank did not join (crashed, hung, or took another code path). The job must be aborted; "
-             "raise MOM_COMM_TIMEOUT_S if the peers are only slow.";
-      throw CommTimeout(msg.str());
-    }
-    if (polls < 1000) continue;
-    pause = std::min(std::chrono::microseconds(200), pause + std::chrono::microseconds(10));
-    std::this_thread::sleep_for(pause);
-  }
+  const bool done = poll_until(timeout_s_, [&] {
+    int finished = 0;
+    check(MPI_Test(&req, &finished, MPI_STATUS_IGNORE), op);
+    return finished != 0;
+  });
+  if (done) return;
+  broken_ = true;
+  std::ostringstream msg;
+  msg << "MPI " << op << " timed out on rank " << rank_ << " of " << size_ << " (world rank " << mpi_world_rank()
+      << ") after " << timeout_s_
+      << " s: a peer rank did not join (crashed, hung, or took another code path). The job must be aborted; "
+         "raise MOM_COMM_TIMEOUT_S if the peers are only slow.";
+  throw CommTimeout(msg.str());
 }
 
 void MpiCommunicator::allreduce(void* data, size_t count, MPI_Datatype type, const char* op) {
@@ -123,7 +99,9 @@ void MpiCommunicator::allreduce(void* data, size_t count, MPI_Datatype type, con
   wait(req, op);
 }
 
-void MpiCommunicator::allreduce_sum(float* data, size_t count) { allreduce(data, count, MPI_FLOAT, "allreduce_sum(float)"); }
+void MpiCommunicator::allreduce_sum(float* data, size_t count) {
+  allreduce(data, count, MPI_FLOAT, "allreduce_sum(float)");
+}
 void MpiCommunicator::allreduce_sum(double* data, size_t count) {
   allreduce(data, count, MPI_DOUBLE, "allreduce_sum(double)");
 }
@@ -191,8 +169,16 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   return out;
 }
 
+int mpi_world_rank() {
+  int initialized = 0, finalized = 0, r = -1;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
 void abort_job(int code, const std::string& message) {
-  const int r = world_rank();
+  const int r = mpi_world_rank();
   std::fprintf(stderr, "mom: rank %d: %s\n", r, message.c_str());
   std::fflush(stderr);
   if (r >= 0) MPI_Abort(MPI_COMM_WORLD, code);

@@ -82,5 +82,7 @@ class MpiCommunicator final : public Communicator {
 // Prints "mom: rank R: <message>" to stderr and ends the whole job with MPI_Abort(world, code),
 // so every rank ends (mpirun exits non-zero). Without an initialised MPI it exits the process.
 [[noreturn]] void abort_job(int code, const std::string& message);
+// This process's rank in MPI_COMM_WORLD, or -1 when MPI is not running (error messages).
+int mpi_world_rank();
 
 }  // namespace mom

@@ -4,41 +4,18 @@
 #include <mpi.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <thread>
 
 #include "parallel/cuda/cuda_memory.h"
+#include "parallel/mpi_communicator.h"
 
 namespace mom::parallel {
 
 namespace {
-
-using clock_type = std::chrono::steady_clock;
-
-int world_rank() {
-  int initialized = 0, finalized = 0, r = -1;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (initialized && !finalized) MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-
-clock_type::time_point deadline_after(double seconds) {
-  return clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(seconds));
-}
-
-// Spin briefly (small collectives finish in microseconds), then back off to short sleeps (at most
-// 200 us, as MpiCommunicator does) so that a rank waiting on a slow peer leaves the core free.
-void pause(int polls, std::chrono::microseconds& nap) {
-  if (polls < 1000) return;
-  nap = std::min(std::chrono::microseconds(200), nap + std::chrono::microseconds(10));
-  std::this_thread::sleep_for(nap);
-}
 
 ncclConfig_t nonblocking_config() {
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
@@ -100,15 +77,10 @@ NcclCommunicator::~NcclCommunicator() {
   if (comm_ && !broken_ && std::uncaught_exceptions() == 0) {
     // Finalize waits for the peers (the communicator must be globally quiescent); bounded, then
     // the abort frees what is left.
-    ncclResult_t rc = ncclCommFinalize(comm_);
-    ncclResult_t state = rc;
-    const auto deadline = deadline_after(timeout_s_);
-    auto nap = std::chrono::microseconds(0);
-    for (int polls = 0; state == ncclInProgress; ++polls) {
-      if (ncclCommGetAsyncError(comm_, &state) != ncclSuccess) break;
-      if (state != ncclInProgress || clock_type::now() >= deadline) break;
-      pause(polls, nap);
-    }
+    ncclResult_t state = ncclCommFinalize(comm_);
+    if (state == ncclInProgress)
+      poll_until(timeout_s_,
+                 [&] { return ncclCommGetAsyncError(comm_, &state) != ncclSuccess || state != ncclInProgress; });
     if (state == ncclSuccess)
       ncclCommDestroy(comm_);
     else
@@ -156,7 +128,7 @@ void NcclCommunicator::abort_now() {
 void NcclCommunicator::fail(const char* op, size_t bytes, const std::string& reason, bool timeout, ncclComm_t other) {
   std::ostringstream msg;
   msg << "NCCL " << op << (timeout ? " timed out" : " failed") << " on rank " << rank_ << " of " << size_
-      << " (world rank " << world_rank() << ", " << bytes << " bytes)";
+      << " (world rank " << mpi_world_rank() << ", " << bytes << " bytes)";
   if (timeout)
     msg << " after " << timeout_s_
         << " s: a peer rank did not join (crashed, hung, or took another code path). The NCCL communicator was "
@@ -176,8 +148,6 @@ void NcclCommunicator::check(ncclResult_t rc, const char* op, size_t bytes) {
 }
 
 void NcclCommunicator::wait(const char* op, size_t bytes, bool stream_work, ncclComm_t other) {
-  const auto deadline = deadline_after(timeout_s_);
-  auto nap = std::chrono::microseconds(0);
   // The state of one communicator: true while its last call is still in progress.
   auto pending = [&](ncclComm_t c) {
     ncclResult_t state = ncclSuccess;
@@ -194,18 +164,17 @@ void NcclCommunicator::wait(const char* op, size_t bytes, bool stream_work, nccl
     }
     return false;
   };
-  for (int polls = 0;; ++polls) {
+  const bool done = poll_until(timeout_s_, [&] {
     bool busy = pending(comm_);
     if (other) busy = pending(other) || busy;
-    if (!busy) {
-      if (!stream_work) return;
-      const cudaError_t q = cudaStreamQuery(stream_);
-      if (q == cudaSuccess) return;
-      if (q != cudaErrorNotReady) fail(op, bytes, std::string("CUDA: ") + cudaGetErrorString(q), false, other);
-    }
-    if (clock_type::now() >= deadline) fail(op, bytes, "", true, other);
-    pause(polls, nap);
-  }
+    if (busy) return false;
+    if (!stream_work) return true;
+    const cudaError_t q = cudaStreamQuery(stream_);
+    if (q != cudaSuccess && q != cudaErrorNotReady)
+      fail(op, bytes, std::string("CUDA: ") + cudaGetErrorString(q), false, other);
+    return q == cudaSuccess;
+  });
+  if (!done) fail(op, bytes, "", true, other);
 }
 
 template <class Enqueue>
