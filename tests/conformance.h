@@ -49,6 +49,45 @@ inline std::string gpu_skip_message(const std::string& why) {
          "(docs/gpu.md)";
 }
 
+// A tensor of any backend as host doubles (f32, f64 or i32).
+inline std::vector<double> to_host_doubles(Backend& be, const Tensor& t) {
+  std::vector<double> out(static_cast<size_t>(t.numel()));
+  if (t.dtype == DType::F64) {
+    be.copy_to_host(out.data(), t);
+  } else if (t.dtype == DType::F32) {
+    std::vector<float> f(out.size());
+    be.copy_to_host(f.data(), t);
+    std::copy(f.begin(), f.end(), out.begin());
+  } else {
+    std::vector<int32_t> f(out.size());
+    be.copy_to_host(f.data(), t);
+    std::copy(f.begin(), f.end(), out.begin());
+  }
+  return out;
+}
+
+// max |got − ref| ≤ tol · max(max |ref|, floor): relative to the result's scale, so that
+// entries near zero are not held to a relative bound they cannot meet in f32. A non-finite
+// tested value where the reference is finite fails. The message names the worst element.
+inline ::testing::AssertionResult close_to(const std::vector<double>& got, const std::vector<double>& ref, double tol,
+                                           const std::string& what, double floor = 1e-30) {
+  double scale = floor, worst = 0;
+  size_t at = 0;
+  bool finite = true;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    scale = std::max(scale, std::abs(ref[i]));
+    if (!std::isfinite(got[i]) && std::isfinite(ref[i])) finite = false;
+    const double e = std::abs(got[i] - ref[i]);
+    if (e > worst || !std::isfinite(e)) worst = e, at = i;
+  }
+  if (finite && worst <= tol * scale) return ::testing::AssertionSuccess();
+  std::ostringstream os;
+  os << what << ": max error " << worst << " = " << worst / scale << " of the largest |reference| " << scale
+     << " (tolerance " << tol << ") at element " << at;
+  if (at < ref.size()) os << ": tested " << got[at] << ", reference " << ref[at];
+  return ::testing::AssertionFailure() << os.str();
+}
+
 struct Pair {
   Tensor ref, dev;
   const Tensor& operator[](bool on_dev) const { return on_dev ? dev : ref; }
@@ -133,8 +172,8 @@ class Twin {
     dev_->copy_from_host(p.dev, f.data());
   }
 
-  std::vector<double> host_ref(const Pair& p) { return to_doubles(cpu_, p.ref); }
-  std::vector<double> host_dev(const Pair& p) { return to_doubles(*dev_, p.dev); }
+  std::vector<double> host_ref(const Pair& p) { return to_host_doubles(cpu_, p.ref); }
+  std::vector<double> host_dev(const Pair& p) { return to_host_doubles(*dev_, p.dev); }
   // The tested side's raw bytes (determinism checks).
   std::vector<unsigned char> dev_bits(const Pair& p) {
     std::vector<unsigned char> b(p.dev.bytes());
@@ -142,45 +181,12 @@ class Twin {
     return b;
   }
 
-  // max |dev − ref| ≤ tol · max(max |ref|, 1e-30): relative to the result's scale, so that
-  // entries near zero are not held to a relative bound they cannot meet in f32. The
-  // message names the worst element.
+  // close_to over a result: the tested side against the reference.
   ::testing::AssertionResult close(const Pair& p, double tol, const std::string& what) {
-    const std::vector<double> r = host_ref(p), d = host_dev(p);
-    double scale = 1e-30, worst = 0;
-    size_t at = 0;
-    bool finite = true;
-    for (size_t i = 0; i < r.size(); ++i) {
-      scale = std::max(scale, std::abs(r[i]));
-      if (!std::isfinite(d[i]) && std::isfinite(r[i])) finite = false;
-      const double e = std::abs(d[i] - r[i]);
-      if (e > worst || !std::isfinite(e)) worst = e, at = i;
-    }
-    if (finite && worst <= tol * scale) return ::testing::AssertionSuccess();
-    std::ostringstream os;
-    os << what << " " << p.ref.shape.str() << ": max error " << worst << " = " << worst / scale
-       << " of the largest |reference| " << scale << " (tolerance " << tol << ") at element " << at << ": tested "
-       << d[at] << ", reference " << r[at];
-    return ::testing::AssertionFailure() << os.str();
+    return close_to(host_dev(p), host_ref(p), tol, what + " " + p.ref.shape.str());
   }
 
  private:
-  static std::vector<double> to_doubles(Backend& be, const Tensor& t) {
-    std::vector<double> out(static_cast<size_t>(t.numel()));
-    if (t.dtype == DType::F64) {
-      be.copy_to_host(out.data(), t);
-    } else if (t.dtype == DType::F32) {
-      std::vector<float> f(out.size());
-      be.copy_to_host(f.data(), t);
-      std::copy(f.begin(), f.end(), out.begin());
-    } else {
-      std::vector<int32_t> f(out.size());
-      be.copy_to_host(f.data(), t);
-      std::copy(f.begin(), f.end(), out.begin());
-    }
-    return out;
-  }
-
   Backend& cpu_;
   Backend* dev_ = nullptr;
   DType dtype_ = DType::F32;

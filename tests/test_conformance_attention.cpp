@@ -44,23 +44,6 @@ const std::vector<Case> kCases = {
     {1, 31, 64, 8}, {2, 257, 768, 12}, {1, 257, 72, 8}, {1, 1024, 64, 1}, {1, 1024, 72, 8},
 };
 
-// max |got − want| ≤ tol · max(max |want|, 1e-30), the rule of Twin::close, for two host
-// vectors (the tested side against itself: cached against training rows).
-::testing::AssertionResult near(const std::vector<double>& got, const std::vector<double>& want, double tol,
-                                const std::string& what) {
-  double scale = 1e-30, worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    scale = std::max(scale, std::abs(want[i]));
-    const double e = std::abs(got[i] - want[i]);
-    if (e > worst || !std::isfinite(e)) worst = e, at = i;
-  }
-  if (std::isfinite(worst) && worst <= tol * scale) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": max error " << worst << " of the largest |reference| " << scale
-                                       << " (tolerance " << tol << ") at element " << at << ": " << got[at]
-                                       << " against " << want[at];
-}
-
 TEST_P(AttentionConformance, ForwardBackward) {
   for (const Case& c : kCases) {
     tw().reset();
@@ -278,7 +261,7 @@ void check_cached(Twin& tw, int64_t C, int nh, const std::vector<int64_t>& lengt
     cached_step(tw, shaped, out, xm, vm, kc, vc, sl, ps, g, nh);
     const std::string where = at + " step " + std::to_string(step) + " (" + std::to_string(M) + " rows)";
     EXPECT_TRUE(tw.close(out, tw.tol(1e-5), "cached out" + where));
-    EXPECT_TRUE(near(tw.host_dev(out), want, tw.tol(1e-5), "cached out against the training forward" + where));
+    EXPECT_TRUE(close_to(tw.host_dev(out), want, tw.tol(1e-5), "cached out against the training forward" + where));
   }
 }
 

@@ -75,41 +75,10 @@ struct Batch {
   }
 };
 
-std::vector<double> host(Backend& be, const Tensor& t) {
-  std::vector<double> out(static_cast<size_t>(t.numel()));
-  if (t.dtype == DType::F64) {
-    be.copy_to_host(out.data(), t);
-  } else {
-    std::vector<float> f(out.size());
-    be.copy_to_host(f.data(), t);
-    std::copy(f.begin(), f.end(), out.begin());
-  }
-  return out;
-}
-
 std::vector<unsigned char> bits(Backend& be, const Tensor& t) {
   std::vector<unsigned char> b(t.bytes());
   be.copy_to_host(b.data(), t);
   return b;
-}
-
-// max |a − b| ≤ tol · max(max |ref|, floor) over a tensor: the scale of a tensor, not of each
-// element, which in f32 cannot be held to a relative bound near zero. `floor` covers tensors
-// whose whole value is a cancelling sum far below its terms (a SAS gain's gradient of 6e-6
-// beside gradients of 1e-1): such a tensor is held to the model's gradient scale.
-::testing::AssertionResult close(const std::vector<double>& got, const std::vector<double>& ref, double tol,
-                                 const std::string& what, double floor = 1e-12) {
-  double scale = 0, worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    scale = std::max(scale, std::abs(ref[i]));
-    const double e = std::abs(got[i] - ref[i]);
-    if (!(e <= worst)) worst = e, at = i;
-  }
-  if (worst <= tol * std::max(scale, floor)) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": max error " << worst << " (" << worst / std::max(scale, 1e-300)
-                                       << " of max |reference| " << scale << ", tolerance " << tol << ") at " << at
-                                       << ": tested " << got[at] << ", reference " << ref[at];
 }
 
 class ModelConformance : public ::testing::TestWithParam<Target> {
@@ -132,7 +101,7 @@ class ModelConformance : public ::testing::TestWithParam<Target> {
 
   static void copy_weights(const Gpt2& from, Gpt2& to) {
     for (size_t i = 0; i < from.params().size(); ++i) {
-      const std::vector<double> v = host(from.backend(), from.params().param(i));
+      const std::vector<double> v = to_host_doubles(from.backend(), from.params().param(i));
       to.backend().copy_from_host(to.params().param(i), v.data());
     }
   }
@@ -148,7 +117,7 @@ TEST_P(ModelConformance, LogitsLossAndEveryGradient) {
   std::vector<double> lt, lr;
   tested_->logits(b.x.data(), b.B, b.T, lt);
   ref_->logits(b.x.data(), b.B, b.T, lr);
-  EXPECT_TRUE(close(lt, lr, 1e-4, "logits"));
+  EXPECT_TRUE(close_to(lt, lr, 1e-4, "logits", 1e-12));
 
   const double scale = 1.0 / (b.B * b.T);
   tested_->params().zero_grads();
@@ -157,12 +126,16 @@ TEST_P(ModelConformance, LogitsLossAndEveryGradient) {
   const double loss_r = ref_->forward_backward(b.x.data(), b.y.data(), b.B, b.T, scale);
   EXPECT_NEAR(loss_t, loss_r, 1e-4 * std::abs(loss_r));
   EXPECT_NEAR(tested_->aux_loss(), ref_->aux_loss(), 1e-4 * std::max(1e-3, std::abs(ref_->aux_loss())));
-  const std::vector<double> all = host(ref_->backend(), ref_->params().flat_grads());
+  const std::vector<double> all = to_host_doubles(ref_->backend(), ref_->params().flat_grads());
   double largest = 0;
   for (double g : all) largest = std::max(largest, std::abs(g));
+  // The floor covers tensors whose whole value is a cancelling sum far below its terms (a SAS
+  // gain's gradient of 6e-6 beside gradients of 1e-1): such a tensor is held to the model's
+  // gradient scale.
   for (size_t i = 0; i < tested_->params().size(); ++i)
-    EXPECT_TRUE(close(host(*dev_, tested_->params().grad(i)), host(ref_->backend(), ref_->params().grad(i)), 1e-4,
-                      "gradient of " + tested_->params().specs()[i].name, 1e-3 * largest));
+    EXPECT_TRUE(close_to(to_host_doubles(*dev_, tested_->params().grad(i)),
+                         to_host_doubles(ref_->backend(), ref_->params().grad(i)), 1e-4,
+                         "gradient of " + tested_->params().specs()[i].name, 1e-3 * largest));
 }
 
 // Ten AdamW steps on one batch: every step's loss within 1e-4 of the reference's.
