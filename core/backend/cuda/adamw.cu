@@ -48,7 +48,7 @@ void CudaBackend::adamw(const Tensor& param, const Tensor& grad, const Tensor& m
         param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), n, decay, step, sqrt_bc2, static_cast<T>(beta1),
         static_cast<T>(beta2), static_cast<T>(eps));
   });
-  cuda::check_launch("adamw", cuda::shapes({{"param", &param}, {"grad", &grad}, {"m", &m}, {"v", &v}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("adamw", cuda::shapes({{"param", &param}, {"grad", &grad}, {"m", &m}, {"v", &v}}), stream_);
 }
 
 }  // namespace mom

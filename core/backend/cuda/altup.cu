@@ -200,7 +200,7 @@ void CudaBackend::altup_predict_forward(const Tensor& out, const Tensor& x, cons
     predict_forward_kernel<<<cuda::grid_for(NC), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), x.ptr<T>(), p.ptr<T>(), K,
                                                                                NC, C, stride);
   });
-  cuda::check_launch("altup_predict_forward", cuda::shapes({{"out", &out}, {"x", &x}, {"p", &p}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("altup_predict_forward", cuda::shapes({{"out", &out}, {"x", &x}, {"p", &p}}), stream_);
 }
 
 void CudaBackend::altup_predict_backward(const Tensor& dx, const Tensor& dp, const Tensor& dout, const Tensor& x,
@@ -216,24 +216,24 @@ void CudaBackend::altup_predict_backward(const Tensor& dx, const Tensor& dp, con
     if (!dx.empty()) {
       predict_dx_kernel<<<cuda::grid_for(NC), cuda::kThreads, 0, stream_>>>(dx.ptr<T>(), dout.ptr<T>(), p.ptr<T>(), K,
                                                                             NC, C, stride);
-      cuda::check_launch(op, what, stream_);
+      MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
     }
     if (dp.empty()) return;
     const int64_t dots = N * KK;
     if (stride != 0) {
       predict_dp_kernel<<<cuda::grid_for(dots, kWarpsPerBlock), cuda::kThreads, 0, stream_>>>(
           dp.ptr<T>(), nullptr, dout.ptr<T>(), x.ptr<T>(), N, K, C);
-      cuda::check_launch(op, what, stream_);
+      MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
       return;
     }
     cuda::Scratch partial(*this, static_cast<size_t>(dots) * sizeof(double), op);
     cuda::Scratch total(*this, static_cast<size_t>(KK) * sizeof(double), op);
     predict_dp_kernel<T><<<cuda::grid_for(dots, kWarpsPerBlock), cuda::kThreads, 0, stream_>>>(
         nullptr, partial.as<double>(), dout.ptr<T>(), x.ptr<T>(), N, K, C);
-    cuda::check_launch(op, what, stream_);
+    MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
     cuda::column_sums(*this, op, total.as<double>(), partial.as<double>(), N, KK, false);
     add_doubles_kernel<<<cuda::grid_for(KK), cuda::kThreads, 0, stream_>>>(dp.ptr<T>(), total.as<double>(), KK);
-    cuda::check_launch(op, what, stream_);
+    MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
   });
 }
 
@@ -249,8 +249,8 @@ void CudaBackend::altup_correct_forward(const Tensor& out, const Tensor& pred, c
     correct_forward_kernel<<<cuda::grid_for(NC), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), pred.ptr<T>(), y.ptr<T>(),
                                                                                g.ptr<T>(), K, active, NC, C, stride);
   });
-  cuda::check_launch("altup_correct_forward", cuda::shapes({{"out", &out}, {"pred", &pred}, {"y", &y}, {"g", &g}}),
-                     stream_);
+  MOM_CUDA_CHECK_LAUNCH("altup_correct_forward", cuda::shapes({{"out", &out}, {"pred", &pred}, {"y", &y}, {"g", &g}}),
+                        stream_);
 }
 
 void CudaBackend::altup_correct_backward(const Tensor& dpred, const Tensor& dy, const Tensor& dg, const Tensor& dout,
@@ -268,24 +268,24 @@ void CudaBackend::altup_correct_backward(const Tensor& dpred, const Tensor& dy, 
     if (!dpred.empty() || !dy.empty()) {
       correct_dpred_dy_kernel<<<cuda::grid_for(NC), cuda::kThreads, 0, stream_>>>(
           ptr_or_null<T>(dpred), ptr_or_null<T>(dy), dout.ptr<T>(), g.ptr<T>(), K, active, NC, C, stride);
-      cuda::check_launch(op, what, stream_);
+      MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
     }
     if (dg.empty()) return;
     const int64_t dots = N * K;
     if (stride != 0) {
       correct_dg_kernel<<<cuda::grid_for(dots, kWarpsPerBlock), cuda::kThreads, 0, stream_>>>(
           dg.ptr<T>(), nullptr, dout.ptr<T>(), pred.ptr<T>(), y.ptr<T>(), N, K, active, C);
-      cuda::check_launch(op, what, stream_);
+      MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
       return;
     }
     cuda::Scratch partial(*this, static_cast<size_t>(dots) * sizeof(double), op);
     cuda::Scratch total(*this, static_cast<size_t>(K) * sizeof(double), op);
     correct_dg_kernel<T><<<cuda::grid_for(dots, kWarpsPerBlock), cuda::kThreads, 0, stream_>>>(
         nullptr, partial.as<double>(), dout.ptr<T>(), pred.ptr<T>(), y.ptr<T>(), N, K, active, C);
-    cuda::check_launch(op, what, stream_);
+    MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
     cuda::column_sums(*this, op, total.as<double>(), partial.as<double>(), N, K, false);
     add_doubles_kernel<<<cuda::grid_for(K), cuda::kThreads, 0, stream_>>>(dg.ptr<T>(), total.as<double>(), K);
-    cuda::check_launch(op, what, stream_);
+    MOM_CUDA_CHECK_LAUNCH(op, what, stream_);
   });
 }
 

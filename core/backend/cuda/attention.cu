@@ -215,7 +215,7 @@ void to_heads(const CudaBackend& be, const char* op, const std::string& what, T*
               int parts, const Dims& d) {
   to_heads_kernel<<<cuda::grid_for(d.btc() * parts), cuda::kThreads, 0, be.stream()>>>(dst, src, ld, parts, d.B, d.Tn,
                                                                                        d.C, d.nh);
-  cuda::check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
 }
 
 template <class T>
@@ -223,7 +223,7 @@ void from_heads(const CudaBackend& be, const char* op, const std::string& what, 
                 int parts, const Dims& d, bool accumulate) {
   from_heads_kernel<<<cuda::grid_for(d.btc() * parts), cuda::kThreads, 0, be.stream()>>>(dst, ld, src, parts, d.B, d.Tn,
                                                                                          d.C, d.nh, accumulate);
-  cuda::check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
 }
 
 template <class T>
@@ -231,7 +231,7 @@ void build_shaped(const CudaBackend& be, const char* op, const std::string& what
                   const Shaping<T>& s) {
   build_shaped_kernel<<<cuda::grid_for(d.probs()), cuda::kThreads, 0, be.stream()>>>(a, p, d.mats(), d.Tn, d.nh,
                                                                                      s.alpha, s.beta, s.gamma);
-  cuda::check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
 }
 
 // probs = softmax(q·kᵀ·scale + causal mask); out = M·v with M = probs (standard) or A
@@ -250,7 +250,7 @@ void head_forward(CudaBackend& be, const char* op, const std::string& what, T* o
                              sq, d.mats());
   causal_softmax_kernel<<<grid_for_rows(d.mats() * d.Tn), cuda::kThreads, 0, be.stream()>>>(probs, d.mats() * d.Tn,
                                                                                             d.Tn);
-  cuda::check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
   const T* m = probs;
   cuda::Scratch a(be, shaping ? static_cast<size_t>(d.probs()) * sizeof(T) : 0, op);
   if (shaping) {
@@ -296,11 +296,11 @@ void head_backward(CudaBackend& be, const char* op, const std::string& what, T* 
   cuda::Scratch partial(be, shaping ? static_cast<size_t>(rows * 3) * sizeof(double) : 0, op);
   softmax_backward_kernel<<<grid_for_rows(rows), cuda::kThreads, 0, be.stream()>>>(
       probs, sm, rows, d.Tn, d.nh, scale, shaping ? shaping->beta : nullptr, partial.as<double>());
-  cuda::check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
   if (shaping && (dalpha || dbeta || dgamma)) {
     shaped_scalar_grads_kernel<<<static_cast<unsigned>(d.nh), cuda::kThreads, 0, be.stream()>>>(
         dalpha, dbeta, dgamma, partial.as<double>(), d.B, d.Tn, d.nh);
-    cuda::check_launch(op, what, be.stream());
+    MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
   }
   // dQ = dS·K, dK = dSᵀ·Q (dS already carries the scale)
   be.gemm_strided_batched<T>(op, false, false, d.Tn, d.hd, d.Tn, T(1), probs, d.Tn, sq, kh, d.hd, mat, T(0), dqh, d.hd,
@@ -397,10 +397,10 @@ void cached_rows(const CudaBackend& be, const char* op, const std::string& what,
   const int64_t hd = C / nh;
   cache_write_kernel<<<cuda::grid_for(M * C), cuda::kThreads, 0, be.stream()>>>(kc, vc, k, ld_k, v, ld_v, slot, pos, M,
                                                                                 C, n_ctx);
-  cuda::check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
 
   int optin = 0;
-  cuda::check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, be.device_index()), op, what);
+  MOM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, be.device_index()), op, what);
   const size_t q_bytes = static_cast<size_t>(hd) * sizeof(T);
   const size_t all_bytes = q_bytes + static_cast<size_t>(n_ctx) * sizeof(T);
   const size_t default_limit = size_t{48} << 10;
@@ -411,12 +411,12 @@ void cached_rows(const CudaBackend& be, const char* op, const std::string& what,
       static_cast<unsigned>(std::min<int64_t>(work, in_shared ? 65535 : static_cast<int64_t>(kCachedGlobalBlocks)));
   cuda::Scratch global(be, in_shared ? 0 : static_cast<size_t>(blocks) * n_ctx * sizeof(T), op);
   if (shared + kStaticSharedReserve > default_limit)
-    cuda::check(cudaFuncSetAttribute(cached_attention_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(shared)),
-                op, what);
+    MOM_CUDA_CHECK(cudaFuncSetAttribute(cached_attention_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared)),
+                   op, what);
   cached_attention_kernel<T><<<blocks, kCachedThreads, shared, be.stream()>>>(
       out, q, ld_q, kc, vc, slot, pos, M, C, n_ctx, nh, in_shared ? nullptr : global.as<T>(), alpha, beta, gamma);
-  cuda::check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what, be.stream());
 }
 
 }  // namespace

@@ -74,6 +74,8 @@ void check(cublasStatus_t s, const char* op, const std::string& what) {
   throw std::runtime_error(msg);
 }
 
+bool launch_check_needed() { return cudaPeekAtLastError() != cudaSuccess || sync_each_op(); }
+
 void check_launch(const char* op, const std::string& what, cudaStream_t stream) {
   check(cudaGetLastError(), op, what);
   if (sync_each_op()) check(cudaStreamSynchronize(stream), op, what);
@@ -144,17 +146,17 @@ void column_sums(const CudaBackend& be, const char* op, T* out, const T* in, int
   if (cols == 0) return;
   const int64_t blocks = std::max<int64_t>(1, (rows + kColumnBlockRows - 1) / kColumnBlockRows);
   Scratch partial(be, static_cast<size_t>(blocks * cols) * sizeof(T), op);
-  const std::string what = "column sums of [" + std::to_string(rows) + ", " + std::to_string(cols) + "]";
+  const auto what = [&] { return "column sums of [" + std::to_string(rows) + ", " + std::to_string(cols) + "]"; };
   if (rows == 0) {
-    check(cudaMemsetAsync(partial.as<T>(), 0, static_cast<size_t>(cols) * sizeof(T), be.stream()), op, what);
+    MOM_CUDA_CHECK(cudaMemsetAsync(partial.as<T>(), 0, static_cast<size_t>(cols) * sizeof(T), be.stream()), op, what());
   } else {
     const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads),
                     static_cast<unsigned>(std::min<int64_t>(blocks, 65535)));
     column_partials<<<grid, kThreads, 0, be.stream()>>>(partial.as<T>(), in, rows, cols, blocks);
-    check_launch(op, what, be.stream());
+    MOM_CUDA_CHECK_LAUNCH(op, what(), be.stream());
   }
   column_finish<<<grid_for(cols), kThreads, 0, be.stream()>>>(out, partial.as<T>(), blocks, cols, accumulate);
-  check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what(), be.stream());
 }
 template void column_sums<float>(const CudaBackend&, const char*, float*, const float*, int64_t, int64_t, bool);
 template void column_sums<double>(const CudaBackend&, const char*, double*, const double*, int64_t, int64_t, bool);
@@ -162,11 +164,11 @@ template void column_sums<double>(const CudaBackend&, const char*, double*, cons
 template <class T>
 void dot_sum(const CudaBackend& be, const char* op, double* out, const T* a, const T* b, int64_t n) {
   Scratch partial(be, kDotBlocks * sizeof(double), op);
-  const std::string what = "a sum over " + std::to_string(n) + " elements";
+  const auto what = [&] { return "a sum over " + std::to_string(n) + " elements"; };
   dot_partials<<<kDotBlocks, kThreads, 0, be.stream()>>>(partial.as<double>(), a, b, n);
-  check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what(), be.stream());
   dot_finish<<<1, 1024, 0, be.stream()>>>(out, partial.as<double>(), kDotBlocks);
-  check_launch(op, what, be.stream());
+  MOM_CUDA_CHECK_LAUNCH(op, what(), be.stream());
 }
 template void dot_sum<float>(const CudaBackend&, const char*, double*, const float*, const float*, int64_t);
 template void dot_sum<double>(const CudaBackend&, const char*, double*, const double*, const double*, int64_t);
@@ -200,15 +202,15 @@ CudaBackend::CudaBackend() {
                     "to \"cpu\"");
   device_ = pick_device(count);
   const std::string what = "device " + std::to_string(device_);
-  cuda::check(cudaSetDevice(device_), "CudaBackend", what);
-  cuda::check(cublasLtCreate(&lt_), "CudaBackend", what);
+  MOM_CUDA_CHECK(cudaSetDevice(device_), "CudaBackend", what);
+  MOM_CUDA_CHECK(cublasLtCreate(&lt_), "CudaBackend", what);
   // Scratch comes from the device's default pool (cudaMallocAsync); its default release
   // threshold (0) hands all free pool memory back to the OS at every synchronisation
   // (copy_to_host, each step), so every step would map its scratch afresh. Keep it pooled.
   cudaMemPool_t pool = nullptr;
-  cuda::check(cudaDeviceGetDefaultMemPool(&pool, device_), "CudaBackend", what);
+  MOM_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_), "CudaBackend", what);
   uint64_t keep = UINT64_MAX;
-  cuda::check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "CudaBackend", what);
+  MOM_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "CudaBackend", what);
   lt_workspace_bytes_ = size_t{32} << 20;  // what NVIDIA recommends for Hopper
   main_ = make_lane(false);
   use_lane(main_);
@@ -224,13 +226,13 @@ CudaBackend::CudaBackend() {
 CudaBackend::Lane CudaBackend::make_lane(bool side) const {
   const std::string what = "device " + std::to_string(device_) + (side ? ", a side stream" : "");
   Lane lane;
-  cuda::check(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking), "CudaBackend", what);
-  cuda::check(cublasCreate(&lane.blas), "CudaBackend", what);
-  cuda::check(cublasSetStream(lane.blas, lane.stream), "CudaBackend", what);
+  MOM_CUDA_CHECK(cudaStreamCreateWithFlags(&lane.stream, cudaStreamNonBlocking), "CudaBackend", what);
+  MOM_CUDA_CHECK(cublasCreate(&lane.blas), "CudaBackend", what);
+  MOM_CUDA_CHECK(cublasSetStream(lane.blas, lane.stream), "CudaBackend", what);
   // Plain f32 arithmetic (no TF32): f32 results must stay within float rounding of the CPU's.
-  cuda::check(cublasSetMathMode(lane.blas, CUBLAS_DEFAULT_MATH), "CudaBackend", what);
-  cuda::check(cudaMalloc(&lane.workspace, lt_workspace_bytes_), "CudaBackend", what);
-  if (side) cuda::check(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming), "CudaBackend", what);
+  MOM_CUDA_CHECK(cublasSetMathMode(lane.blas, CUBLAS_DEFAULT_MATH), "CudaBackend", what);
+  MOM_CUDA_CHECK(cudaMalloc(&lane.workspace, lt_workspace_bytes_), "CudaBackend", what);
+  if (side) MOM_CUDA_CHECK(cudaEventCreateWithFlags(&lane.done, cudaEventDisableTiming), "CudaBackend", what);
   return lane;
 }
 
@@ -264,14 +266,14 @@ void CudaBackend::run_modules(int n, const std::function<void(int)>& body) {
   }
   const char* op = "run_modules";
   if (sides_.empty()) {
-    cuda::check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), op, "the fork event");
+    MOM_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), op, "the fork event");
     for (int i = 0; i < side_count_; ++i) sides_.push_back(make_lane(true));
   }
   const int lanes = std::min<int>(n, static_cast<int>(sides_.size()));
   const std::string what = std::to_string(n) + " modules on " + std::to_string(lanes) + " side streams";
   // Fork: each side stream starts after everything queued on the main stream so far.
-  cuda::check(cudaEventRecord(fork_, main_.stream), op, what);
-  for (int i = 0; i < lanes; ++i) cuda::check(cudaStreamWaitEvent(sides_[i].stream, fork_, 0), op, what);
+  MOM_CUDA_CHECK(cudaEventRecord(fork_, main_.stream), op, what);
+  for (int i = 0; i < lanes; ++i) MOM_CUDA_CHECK(cudaStreamWaitEvent(sides_[i].stream, fork_, 0), op, what);
   // Join, also when a module throws: the main stream waits for every side stream, and ops go
   // back to the main lane.
   struct Join {
@@ -293,7 +295,7 @@ void CudaBackend::run_modules(int n, const std::function<void(int)>& body) {
 
 void CudaBackend::set_num_threads(int n) {
   threads_ = n > 0 ? n : 1;
-  cuda::check(cudaSetDevice(device_), "set_num_threads", "device " + std::to_string(device_));
+  MOM_CUDA_CHECK(cudaSetDevice(device_), "set_num_threads", "device " + std::to_string(device_));
 }
 
 std::string CudaBackend::name() const {
@@ -313,7 +315,7 @@ void* CudaBackend::allocate(size_t bytes) {
         cudaMemPoolTrimTo(pool, 0) == cudaSuccess)
       e = cudaMalloc(&p, bytes ? bytes : 1);
   }
-  cuda::check(e, "allocate", std::to_string(bytes) + " bytes");
+  MOM_CUDA_CHECK(e, "allocate", std::to_string(bytes) + " bytes");
   return p;
 }
 
@@ -324,32 +326,34 @@ void CudaBackend::release(void* p) {
 }
 
 void CudaBackend::memset_zero(void* p, size_t bytes) {
-  if (bytes) cuda::check(cudaMemsetAsync(p, 0, bytes, stream_), "memset_zero", std::to_string(bytes) + " bytes");
+  if (bytes) MOM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_), "memset_zero", std::to_string(bytes) + " bytes");
 }
 
 void CudaBackend::copy_from_host(const Tensor& dst, const void* src) {
   if (!dst.bytes()) return;
   // Synchronous with respect to the host: src may be a temporary the caller frees next.
-  cuda::check(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_), "copy_from_host",
-              cuda::describe(dst));
-  cuda::check(cudaStreamSynchronize(stream_), "copy_from_host", cuda::describe(dst));
+  MOM_CUDA_CHECK(cudaMemcpyAsync(dst.data, src, dst.bytes(), cudaMemcpyHostToDevice, stream_), "copy_from_host",
+                 cuda::describe(dst));
+  MOM_CUDA_CHECK(cudaStreamSynchronize(stream_), "copy_from_host", cuda::describe(dst));
 }
 
 void CudaBackend::copy_to_host(void* dst, const Tensor& src) {
   if (!src.bytes()) return;
-  cuda::check(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_), "copy_to_host",
-              cuda::describe(src));
-  cuda::check(cudaStreamSynchronize(stream_), "copy_to_host", cuda::describe(src));
+  MOM_CUDA_CHECK(cudaMemcpyAsync(dst, src.data, src.bytes(), cudaMemcpyDeviceToHost, stream_), "copy_to_host",
+                 cuda::describe(src));
+  MOM_CUDA_CHECK(cudaStreamSynchronize(stream_), "copy_to_host", cuda::describe(src));
 }
 
 void CudaBackend::copy(const Tensor& dst, const Tensor& src) {
   if (dst.bytes() != src.bytes()) throw std::logic_error("copy: sizes differ");
   if (!src.bytes()) return;
-  cuda::check(cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, stream_), "copy",
-              cuda::shapes({{"dst", &dst}, {"src", &src}}));
+  MOM_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, stream_), "copy",
+                 cuda::shapes({{"dst", &dst}, {"src", &src}}));
 }
 
-void CudaBackend::synchronize() { cuda::check(cudaStreamSynchronize(stream_), "synchronize", "the backend's stream"); }
+void CudaBackend::synchronize() {
+  MOM_CUDA_CHECK(cudaStreamSynchronize(stream_), "synchronize", "the backend's stream");
+}
 
 namespace {
 
@@ -383,7 +387,7 @@ void CudaBackend::add(const Tensor& out, const Tensor& a, const Tensor& b) {
     using T = decltype(zero);
     add_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), a.ptr<T>(), b.ptr<T>(), n);
   });
-  cuda::check_launch("add", cuda::shapes({{"out", &out}, {"a", &a}, {"b", &b}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("add", cuda::shapes({{"out", &out}, {"a", &a}, {"b", &b}}), stream_);
 }
 
 void CudaBackend::accumulate(const Tensor& dst, const Tensor& src) {
@@ -393,7 +397,7 @@ void CudaBackend::accumulate(const Tensor& dst, const Tensor& src) {
     using T = decltype(zero);
     accumulate_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(dst.ptr<T>(), src.ptr<T>(), n);
   });
-  cuda::check_launch("accumulate", cuda::shapes({{"dst", &dst}, {"src", &src}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("accumulate", cuda::shapes({{"dst", &dst}, {"src", &src}}), stream_);
 }
 
 void CudaBackend::scale(const Tensor& t, double factor) {
@@ -403,7 +407,7 @@ void CudaBackend::scale(const Tensor& t, double factor) {
     using T = decltype(zero);
     scale_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(t.ptr<T>(), static_cast<T>(factor), n);
   });
-  cuda::check_launch("scale", cuda::describe(t), stream_);
+  MOM_CUDA_CHECK_LAUNCH("scale", cuda::describe(t), stream_);
 }
 
 double CudaBackend::sum_squares(const Tensor& t) {
@@ -414,9 +418,9 @@ double CudaBackend::sum_squares(const Tensor& t) {
     cuda::dot_sum(*this, "sum_squares", result.as<double>(), t.ptr<T>(), t.ptr<T>(), t.numel());
   });
   double host = 0;
-  cuda::check(cudaMemcpyAsync(&host, result.as<double>(), sizeof host, cudaMemcpyDeviceToHost, stream_), "sum_squares",
-              cuda::describe(t));
-  cuda::check(cudaStreamSynchronize(stream_), "sum_squares", cuda::describe(t));
+  MOM_CUDA_CHECK(cudaMemcpyAsync(&host, result.as<double>(), sizeof host, cudaMemcpyDeviceToHost, stream_),
+                 "sum_squares", cuda::describe(t));
+  MOM_CUDA_CHECK(cudaStreamSynchronize(stream_), "sum_squares", cuda::describe(t));
   return host;
 }
 

@@ -33,6 +33,24 @@ void check(cublasStatus_t s, const char* op, const std::string& what);
 // of the kernel itself.
 void check_launch(const char* op, const std::string& what, cudaStream_t stream);
 
+// The checks above as macros that evaluate their description (`what`, often a formatted list
+// of shapes) only when there is something to report: every op checks its launches, and
+// formatting shapes on the success path would cost microseconds per op, a real share of a
+// decoding step.
+inline bool ok(cudaError_t e) { return e == cudaSuccess; }
+inline bool ok(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS; }
+// A launch error is pending, or MOM_CUDA_SYNC asks for a synchronisation after every op.
+bool launch_check_needed();
+#define MOM_CUDA_CHECK(call, op, what)                                                \
+  do {                                                                                \
+    const auto mom_status_ = (call);                                                  \
+    if (!::mom::cuda::ok(mom_status_)) ::mom::cuda::check(mom_status_, (op), (what)); \
+  } while (0)
+#define MOM_CUDA_CHECK_LAUNCH(op, what, stream)                                                \
+  do {                                                                                         \
+    if (::mom::cuda::launch_check_needed()) ::mom::cuda::check_launch((op), (what), (stream)); \
+  } while (0)
+
 // Threads per block for the elementwise kernels, and a grid that covers n elements with
 // grid-stride loops (capped: beyond a few waves more blocks only cost scheduling).
 inline constexpr int kThreads = 256;

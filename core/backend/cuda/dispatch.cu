@@ -100,7 +100,7 @@ void CudaBackend::gather_rows(const Tensor& out, const Tensor& in, const Tensor&
     gather_rows_kernel<<<cuda::grid_for(M, kWarpsPerBlock), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), in.ptr<T>(), r,
                                                                                           M, D);
   });
-  cuda::check_launch("gather_rows", cuda::shapes({{"out", &out}, {"in", &in}, {"rows", &rows}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("gather_rows", cuda::shapes({{"out", &out}, {"in", &in}, {"rows", &rows}}), stream_);
 }
 
 void CudaBackend::combine_rows(const Tensor& out, const Tensor& buf, const Tensor& slot, const Tensor& weight) {
@@ -113,8 +113,8 @@ void CudaBackend::combine_rows(const Tensor& out, const Tensor& buf, const Tenso
     combine_rows_kernel<<<cuda::grid_for(N, kWarpsPerBlock), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), buf.ptr<T>(),
                                                                                            sl, w, N, K, D);
   });
-  cuda::check_launch("combine_rows", cuda::shapes({{"out", &out}, {"buf", &buf}, {"slot", &slot}, {"weight", &weight}}),
-                     stream_);
+  MOM_CUDA_CHECK_LAUNCH("combine_rows",
+                        cuda::shapes({{"out", &out}, {"buf", &buf}, {"slot", &slot}, {"weight", &weight}}), stream_);
 }
 
 void CudaBackend::combine_rows_backward(const Tensor& dbuf, const Tensor& dweight, const Tensor& dout,
@@ -130,14 +130,14 @@ void CudaBackend::combine_rows_backward(const Tensor& dbuf, const Tensor& dweigh
     combine_rows_backward_kernel<<<cuda::grid_for(N * K, kWarpsPerBlock), cuda::kThreads, 0, stream_>>>(
         dbuf.empty() ? nullptr : dbuf.ptr<T>(), dw, dout.ptr<T>(), b, sl, w, N, K, D);
   });
-  cuda::check_launch("combine_rows_backward",
-                     cuda::shapes({{"dbuf", &dbuf},
-                                   {"dweight", &dweight},
-                                   {"dout", &dout},
-                                   {"buf", &buf},
-                                   {"slot", &slot},
-                                   {"weight", &weight}}),
-                     stream_);
+  MOM_CUDA_CHECK_LAUNCH("combine_rows_backward",
+                        cuda::shapes({{"dbuf", &dbuf},
+                                      {"dweight", &dweight},
+                                      {"dout", &dout},
+                                      {"buf", &buf},
+                                      {"slot", &slot},
+                                      {"weight", &weight}}),
+                        stream_);
 }
 
 }  // namespace mom

@@ -100,20 +100,20 @@ void CudaBackend::embedding_forward(const Tensor& out, const Tensor& tokens, con
       embedding_forward_kernel<T_><<<cuda::grid_for(N * C), cuda::kThreads, 0, stream_>>>(
           out.ptr<T_>(), tok, wte.ptr<T_>(), wpe.ptr<T_>(), N, C, V, T, pos0);
     });
-    cuda::check_launch("embedding_forward", what, stream_);
+    MOM_CUDA_CHECK_LAUNCH("embedding_forward", what, stream_);
   }
   cuda::Scratch first(*this, sizeof(int64_t), "embedding_forward");
   first_bad_token_kernel<<<1, 1024, 0, stream_>>>(first.as<int64_t>(), tok, N, V);
-  cuda::check_launch("embedding_forward", what, stream_);
+  MOM_CUDA_CHECK_LAUNCH("embedding_forward", what, stream_);
   int64_t bad = N;
-  cuda::check(cudaMemcpyAsync(&bad, first.as<int64_t>(), sizeof bad, cudaMemcpyDeviceToHost, stream_),
-              "embedding_forward", what);
-  cuda::check(cudaStreamSynchronize(stream_), "embedding_forward", what);
+  MOM_CUDA_CHECK(cudaMemcpyAsync(&bad, first.as<int64_t>(), sizeof bad, cudaMemcpyDeviceToHost, stream_),
+                 "embedding_forward", what);
+  MOM_CUDA_CHECK(cudaStreamSynchronize(stream_), "embedding_forward", what);
   if (bad < N) {
     int32_t token = 0;
-    cuda::check(cudaMemcpyAsync(&token, tok + bad, sizeof token, cudaMemcpyDeviceToHost, stream_), "embedding_forward",
-                what);
-    cuda::check(cudaStreamSynchronize(stream_), "embedding_forward", what);
+    MOM_CUDA_CHECK(cudaMemcpyAsync(&token, tok + bad, sizeof token, cudaMemcpyDeviceToHost, stream_),
+                   "embedding_forward", what);
+    MOM_CUDA_CHECK(cudaStreamSynchronize(stream_), "embedding_forward", what);
     throw bad_token(token, V);
   }
 }
@@ -137,7 +137,7 @@ void CudaBackend::embedding_backward(const Tensor& dwte, const Tensor& dwpe, con
     const int64_t P = std::min<int64_t>(T, N);
     position_grad_kernel<T_>
         <<<cuda::grid_for(P * C), cuda::kThreads, 0, stream_>>>(dwpe.ptr<T_>(), dout.ptr<T_>(), N, C, T, pos0);
-    cuda::check_launch("embedding_backward", what, stream_);
+    MOM_CUDA_CHECK_LAUNCH("embedding_backward", what, stream_);
   });
   if (dwte.empty()) return;
 
@@ -169,17 +169,17 @@ void CudaBackend::embedding_backward(const Tensor& dwte, const Tensor& dwpe, con
   for (int64_t n = 0; n < N; ++n) rows[start[static_cast<size_t>(tok[n])]++] = static_cast<int32_t>(n);
 
   cuda::Scratch dev_csr(*this, csr.size() * sizeof(int32_t), "embedding_backward");
-  cuda::check(
+  MOM_CUDA_CHECK(
       cudaMemcpyAsync(dev_csr.as<int32_t>(), csr.data(), csr.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
       "embedding_backward", what);
-  cuda::check(cudaStreamSynchronize(stream_), "embedding_backward", what);  // csr may go once copied
+  MOM_CUDA_CHECK(cudaStreamSynchronize(stream_), "embedding_backward", what);  // csr may go once copied
   dispatch_float(dout.dtype, [&](auto zero) {
     using T_ = decltype(zero);
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(U, 65535)),
                     static_cast<unsigned>((C + kTokenCols - 1) / kTokenCols));
     token_grad_kernel<T_>
         <<<grid, kTokenCols, 0, stream_>>>(dwte.ptr<T_>(), dout.ptr<T_>(), dev_csr.as<int32_t>(), U, C);
-    cuda::check_launch("embedding_backward", what, stream_);
+    MOM_CUDA_CHECK_LAUNCH("embedding_backward", what, stream_);
   });
 }
 

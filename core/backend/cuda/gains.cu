@@ -75,7 +75,7 @@ void CudaBackend::scaled_accumulate(const Tensor& out, const Tensor& x, const Te
     scaled_accumulate_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), x.ptr<T>(), gain.ptr<T>(),
                                                                                 n);
   });
-  cuda::check_launch("scaled_accumulate", cuda::shapes({{"out", &out}, {"x", &x}, {"gain", &gain}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("scaled_accumulate", cuda::shapes({{"out", &out}, {"x", &x}, {"gain", &gain}}), stream_);
 }
 
 void CudaBackend::scaled_accumulate_backward(const Tensor& dx, const Tensor& dgain, const Tensor& dout, const Tensor& x,
@@ -89,13 +89,13 @@ void CudaBackend::scaled_accumulate_backward(const Tensor& dx, const Tensor& dga
       // dx += g·dout: the forward's kernel with the roles of out and x taken by dx and dout.
       scaled_accumulate_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(dx.ptr<T>(), dout.ptr<T>(),
                                                                                   gain.ptr<T>(), n);
-      cuda::check_launch("scaled_accumulate_backward", what, stream_);
+      MOM_CUDA_CHECK_LAUNCH("scaled_accumulate_backward", what, stream_);
     }
     if (dgain.empty()) return;
     cuda::Scratch total(*this, sizeof(double), "scaled_accumulate_backward");
     cuda::dot_sum(*this, "scaled_accumulate_backward", total.as<double>(), dout.ptr<T>(), x.ptr<T>(), n);
     add_double_kernel<<<1, 32, 0, stream_>>>(dgain.ptr<T>(), total.as<double>());
-    cuda::check_launch("scaled_accumulate_backward", what, stream_);
+    MOM_CUDA_CHECK_LAUNCH("scaled_accumulate_backward", what, stream_);
   });
 }
 
@@ -106,7 +106,7 @@ void CudaBackend::tanh_forward(const Tensor& out, const Tensor& inp) {
     using T = decltype(zero);
     tanh_forward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), inp.ptr<T>(), n);
   });
-  cuda::check_launch("tanh_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("tanh_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
 }
 
 void CudaBackend::tanh_backward(const Tensor& dinp, const Tensor& out, const Tensor& dout) {
@@ -117,7 +117,7 @@ void CudaBackend::tanh_backward(const Tensor& dinp, const Tensor& out, const Ten
     tanh_backward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(dinp.ptr<T>(), out.ptr<T>(), dout.ptr<T>(),
                                                                             n);
   });
-  cuda::check_launch("tanh_backward", cuda::shapes({{"dinp", &dinp}, {"out", &out}, {"dout", &dout}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("tanh_backward", cuda::shapes({{"dinp", &dinp}, {"out", &out}, {"dout", &dout}}), stream_);
 }
 
 void CudaBackend::clamp_forward(const Tensor& out, const Tensor& inp, double limit) {
@@ -128,7 +128,7 @@ void CudaBackend::clamp_forward(const Tensor& out, const Tensor& inp, double lim
     clamp_forward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), inp.ptr<T>(),
                                                                             static_cast<T>(limit), n);
   });
-  cuda::check_launch("clamp_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("clamp_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
 }
 
 void CudaBackend::clamp_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout, double limit) {
@@ -139,7 +139,7 @@ void CudaBackend::clamp_backward(const Tensor& dinp, const Tensor& inp, const Te
     clamp_backward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(dinp.ptr<T>(), inp.ptr<T>(), dout.ptr<T>(),
                                                                              static_cast<T>(limit), n);
   });
-  cuda::check_launch("clamp_backward", cuda::shapes({{"dinp", &dinp}, {"inp", &inp}, {"dout", &dout}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("clamp_backward", cuda::shapes({{"dinp", &dinp}, {"inp", &inp}, {"dout", &dout}}), stream_);
 }
 
 }  // namespace mom

@@ -47,7 +47,7 @@ void CudaBackend::gelu_forward(const Tensor& out, const Tensor& inp) {
     using T = decltype(zero);
     gelu_forward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), inp.ptr<T>(), n);
   });
-  cuda::check_launch("gelu_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("gelu_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
 }
 
 void CudaBackend::gelu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) {
@@ -58,7 +58,7 @@ void CudaBackend::gelu_backward(const Tensor& dinp, const Tensor& inp, const Ten
     gelu_backward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(dinp.ptr<T>(), inp.ptr<T>(), dout.ptr<T>(),
                                                                             n);
   });
-  cuda::check_launch("gelu_backward", cuda::shapes({{"dinp", &dinp}, {"inp", &inp}, {"dout", &dout}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("gelu_backward", cuda::shapes({{"dinp", &dinp}, {"inp", &inp}, {"dout", &dout}}), stream_);
 }
 
 }  // namespace mom

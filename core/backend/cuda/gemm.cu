@@ -82,15 +82,16 @@ void CudaBackend::gemm<float>(const char* op, bool trans_a, bool trans_b, int64_
                               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                               int64_t ldc, const float* bias) {
   if (M == 0 || N == 0) return;
-  const std::string what = gemm_what(trans_a, trans_b, M, N, K);
+  const auto what = [&] { return gemm_what(trans_a, trans_b, M, N, K); };
   if (K == 0) {
     beta_plus_bias<<<cuda::grid_for(M * N), cuda::kThreads, 0, stream_>>>(C, ldc, bias, M, N, beta);
-    return cuda::check_launch(op, what, stream_);
+    MOM_CUDA_CHECK_LAUNCH(op, what(), stream_);
+    return;
   }
   // The bias epilogue needs a 16-byte aligned bias; otherwise add it first and accumulate.
   const auto bias_first = [&] {
     beta_plus_bias<<<cuda::grid_for(M * N), cuda::kThreads, 0, stream_>>>(C, ldc, bias, M, N, beta);
-    cuda::check_launch(op, what, stream_);
+    MOM_CUDA_CHECK_LAUNCH(op, what(), stream_);
     bias = nullptr;
     beta = 1.0f;
   };
@@ -112,35 +113,36 @@ void CudaBackend::gemm<float>(const char* op, bool trans_a, bool trans_b, int64_
   auto it = plans.find(key);
   if (it == plans.end()) {
     LtPlan plan;
-    cuda::check(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F), op, what);
+    MOM_CUDA_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F), op, what());
     const cublasOperation_t oa = op_of(ta), ob = op_of(tb);
-    cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa), op, what);
-    cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob), op, what);
+    MOM_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &oa, sizeof oa), op, what());
+    MOM_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &ob, sizeof ob), op, what());
     if (bias) {
       const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-      cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), op, what);
+      MOM_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), op,
+                     what());
     }
     // Stored (column-major) shapes: op(X) is [rows, cols]; X itself is transposed when op is T.
-    cuda::check(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, ta ? k : m, ta ? m : k, la), op, what);
-    cuda::check(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, tb ? n : k, tb ? k : n, lb), op, what);
-    cuda::check(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, m, n, ldc), op, what);
+    MOM_CUDA_CHECK(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, ta ? k : m, ta ? m : k, la), op, what());
+    MOM_CUDA_CHECK(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, tb ? n : k, tb ? k : n, lb), op, what());
+    MOM_CUDA_CHECK(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, m, n, ldc), op, what());
     cublasLtMatmulPreference_t pref = nullptr;
-    cuda::check(cublasLtMatmulPreferenceCreate(&pref), op, what);
+    MOM_CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref), op, what());
     const size_t ws = lt_workspace_bytes_;
-    cuda::check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
-                op, what);
-    cuda::check(
+    MOM_CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+                   op, what());
+    MOM_CUDA_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a), op,
-        what);
-    cuda::check(
+        what());
+    MOM_CUDA_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b), op,
-        what);
-    cuda::check(
+        what());
+    MOM_CUDA_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof al_c), op,
-        what);
-    cuda::check(
+        what());
+    MOM_CUDA_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof al_c), op,
-        what);
+        what());
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     const cublasStatus_t s =
@@ -149,7 +151,7 @@ void CudaBackend::gemm<float>(const char* op, bool trans_a, bool trans_b, int64_
     if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && found == 0)) {
       plan.use_gemm_ex = true;  // no cuBLASLt algorithm for this shape and alignment
     } else {
-      cuda::check(s, op, what);
+      MOM_CUDA_CHECK(s, op, what());
       plan.algo = result.algo;
     }
     it = plans.emplace(key, plan).first;
@@ -157,22 +159,24 @@ void CudaBackend::gemm<float>(const char* op, bool trans_a, bool trans_b, int64_
   LtPlan& plan = it->second;
   if (!plan.use_gemm_ex) {
     if (bias)
-      cuda::check(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), op,
-                  what);
+      MOM_CUDA_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias),
+                     op, what());
     const cublasStatus_t st = cublasLtMatmul(lt_, plan.desc, &alpha, pa, plan.a, pb, plan.b, &beta, C, plan.c, C,
                                              plan.c, &plan.algo, lt_workspace_, lt_workspace_bytes_, stream_);
     if (st != CUBLAS_STATUS_NOT_SUPPORTED) {
-      cuda::check(st, op, what);
-      return cuda::check_launch(op, what, stream_);
+      MOM_CUDA_CHECK(st, op, what());
+      MOM_CUDA_CHECK_LAUNCH(op, what(), stream_);
+      return;
     }
     plan.use_gemm_ex = true;  // refused at run time (nothing was launched): cublasGemmEx from now on
   }
   if (bias) bias_first();
-  cuda::check(cublasGemmEx(blas_, op_of(ta), op_of(tb), static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
-                           &alpha, pa, CUDA_R_32F, static_cast<int>(la), pb, CUDA_R_32F, static_cast<int>(lb), &beta, C,
-                           CUDA_R_32F, static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT),
-              op, what + " (cublasGemmEx: cuBLASLt has no algorithm for it)");
-  cuda::check_launch(op, what, stream_);
+  MOM_CUDA_CHECK(
+      cublasGemmEx(blas_, op_of(ta), op_of(tb), static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), &alpha,
+                   pa, CUDA_R_32F, static_cast<int>(la), pb, CUDA_R_32F, static_cast<int>(lb), &beta, C, CUDA_R_32F,
+                   static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT),
+      op, what() + " (cublasGemmEx: cuBLASLt has no algorithm for it)");
+  MOM_CUDA_CHECK_LAUNCH(op, what(), stream_);
 }
 
 template <>
@@ -180,18 +184,18 @@ void CudaBackend::gemm<double>(const char* op, bool trans_a, bool trans_b, int64
                                double alpha, const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
                                double* C, int64_t ldc, const double* bias) {
   if (M == 0 || N == 0) return;
-  const std::string what = gemm_what(trans_a, trans_b, M, N, K);
+  const auto what = [&] { return gemm_what(trans_a, trans_b, M, N, K); };
   if (bias || K == 0) {  // f64 is for tests: the bias goes in first, then the product accumulates onto it
     beta_plus_bias<<<cuda::grid_for(M * N), cuda::kThreads, 0, stream_>>>(C, ldc, bias, M, N, beta);
-    cuda::check_launch(op, what, stream_);
+    MOM_CUDA_CHECK_LAUNCH(op, what(), stream_);
     if (K == 0) return;
     beta = 1.0;
   }
-  cuda::check(
+  MOM_CUDA_CHECK(
       cublasDgemm(blas_, op_of(trans_b), op_of(trans_a), static_cast<int>(N), static_cast<int>(M), static_cast<int>(K),
                   &alpha, B, static_cast<int>(ldb), A, static_cast<int>(lda), &beta, C, static_cast<int>(ldc)),
-      op, what);
-  cuda::check_launch(op, what, stream_);
+      op, what());
+  MOM_CUDA_CHECK_LAUNCH(op, what(), stream_);
 }
 
 template <class T>
@@ -199,7 +203,7 @@ void CudaBackend::gemm_strided_batched(const char* op, bool trans_a, bool trans_
                                        T alpha, const T* A, int64_t lda, int64_t stride_a, const T* B, int64_t ldb,
                                        int64_t stride_b, T beta, T* C, int64_t ldc, int64_t stride_c, int64_t batch) {
   if (M == 0 || N == 0 || batch == 0) return;
-  const std::string what = gemm_what(trans_a, trans_b, M, N, K) + ", " + std::to_string(batch) + " matrices";
+  const auto what = [&] { return gemm_what(trans_a, trans_b, M, N, K) + ", " + std::to_string(batch) + " matrices"; };
   const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
   cublasStatus_t s;
   if constexpr (std::is_same_v<T, float>)
@@ -211,8 +215,8 @@ void CudaBackend::gemm_strided_batched(const char* op, bool trans_a, bool trans_
     s = cublasDgemmStridedBatched(blas_, op_of(trans_b), op_of(trans_a), m, n, k, &alpha, B, static_cast<int>(ldb),
                                   stride_b, A, static_cast<int>(lda), stride_a, &beta, C, static_cast<int>(ldc),
                                   stride_c, static_cast<int>(batch));
-  cuda::check(s, op, what);
-  cuda::check_launch(op, what, stream_);
+  MOM_CUDA_CHECK(s, op, what());
+  MOM_CUDA_CHECK_LAUNCH(op, what(), stream_);
 }
 template void CudaBackend::gemm_strided_batched<float>(const char*, bool, bool, int64_t, int64_t, int64_t, float,
                                                        const float*, int64_t, int64_t, const float*, int64_t, int64_t,

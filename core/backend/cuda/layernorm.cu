@@ -99,7 +99,7 @@ void CudaBackend::layernorm_forward(const Tensor& out, const Tensor& mean, const
         out.ptr<T>(), mean.ptr<T>(), rstd.ptr<T>(), inp.ptr<T>(), weight.ptr<T>(), bias.ptr<T>(), N, C,
         static_cast<T>(eps));
   });
-  cuda::check_launch(
+  MOM_CUDA_CHECK_LAUNCH(
       "layernorm_forward",
       cuda::shapes(
           {{"out", &out}, {"mean", &mean}, {"rstd", &rstd}, {"inp", &inp}, {"weight", &weight}, {"bias", &bias}}),
@@ -127,7 +127,7 @@ void CudaBackend::layernorm_backward(const Tensor& dinp, const Tensor& dweight, 
       layernorm_backward_kernel<<<cuda::grid_for(N * 32), cuda::kThreads, 0, stream_>>>(
           dinp.empty() ? nullptr : dinp.ptr<T>(), want_dw ? prod.as<T>() : nullptr, dout.ptr<T>(), inp.ptr<T>(),
           weight.ptr<T>(), mean.ptr<T>(), rstd.ptr<T>(), N, C);
-      cuda::check_launch("layernorm_backward", what, stream_);
+      MOM_CUDA_CHECK_LAUNCH("layernorm_backward", what, stream_);
       if (want_dw) cuda::column_sums(*this, "layernorm_backward", dweight.ptr<T>(), prod.as<T>(), N, C, true);
     }
     if (!dbias.empty()) cuda::column_sums(*this, "layernorm_backward", dbias.ptr<T>(), dout.ptr<T>(), N, C, true);

@@ -74,10 +74,10 @@ void CudaBackend::matmul_forward(const Tensor& out, const Tensor& inp, const Ten
     const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(std::min<int64_t>(row_tiles, 65535)));
     matmul_rowwise_kernel<T>
         <<<grid, kWarpsPerBlock * 32, 0, stream_>>>(out.ptr<T>(), inp.ptr<T>(), weight.ptr<T>(), b, N, IC, OC);
-    cuda::check_launch("matmul_forward",
-                       cuda::shapes({{"out", &out}, {"inp", &inp}, {"weight", &weight}, {"bias", &bias}}) +
-                           " (batch-invariant row-wise kernel)",
-                       stream_);
+    MOM_CUDA_CHECK_LAUNCH("matmul_forward",
+                          cuda::shapes({{"out", &out}, {"inp", &inp}, {"weight", &weight}, {"bias", &bias}}) +
+                              " (batch-invariant row-wise kernel)",
+                          stream_);
   });
 }
 

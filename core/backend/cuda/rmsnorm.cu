@@ -72,8 +72,8 @@ void CudaBackend::rmsnorm_forward(const Tensor& out, const Tensor& rms, const Te
     rmsnorm_forward_kernel<<<cuda::grid_for(N * 32), cuda::kThreads, 0, stream_>>>(
         out.ptr<T>(), rms.ptr<T>(), inp.ptr<T>(), weight.ptr<T>(), N, C, static_cast<T>(eps));
   });
-  cuda::check_launch("rmsnorm_forward",
-                     cuda::shapes({{"out", &out}, {"rms", &rms}, {"inp", &inp}, {"weight", &weight}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("rmsnorm_forward",
+                        cuda::shapes({{"out", &out}, {"rms", &rms}, {"inp", &inp}, {"weight", &weight}}), stream_);
 }
 
 void CudaBackend::rmsnorm_backward(const Tensor& dinp, const Tensor& dweight, const Tensor& dout, const Tensor& inp,
@@ -88,14 +88,14 @@ void CudaBackend::rmsnorm_backward(const Tensor& dinp, const Tensor& dweight, co
     rmsnorm_backward_kernel<<<cuda::grid_for(N * 32), cuda::kThreads, 0, stream_>>>(
         dinp.empty() ? nullptr : dinp.ptr<T>(), want_dw ? prod.as<T>() : nullptr, dout.ptr<T>(), inp.ptr<T>(),
         weight.ptr<T>(), rms.ptr<T>(), N, C, static_cast<T>(eps));
-    cuda::check_launch("rmsnorm_backward",
-                       cuda::shapes({{"dinp", &dinp},
-                                     {"dweight", &dweight},
-                                     {"dout", &dout},
-                                     {"inp", &inp},
-                                     {"weight", &weight},
-                                     {"rms", &rms}}),
-                       stream_);
+    MOM_CUDA_CHECK_LAUNCH("rmsnorm_backward",
+                          cuda::shapes({{"dinp", &dinp},
+                                        {"dweight", &dweight},
+                                        {"dout", &dout},
+                                        {"inp", &inp},
+                                        {"weight", &weight},
+                                        {"rms", &rms}}),
+                          stream_);
     if (want_dw) cuda::column_sums(*this, "rmsnorm_backward", dweight.ptr<T>(), prod.as<T>(), N, C, true);
   });
 }

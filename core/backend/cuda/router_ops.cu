@@ -90,7 +90,7 @@ void CudaBackend::relu_forward(const Tensor& out, const Tensor& inp) {
     using T = decltype(zero);
     relu_forward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(out.ptr<T>(), inp.ptr<T>(), n);
   });
-  cuda::check_launch("relu_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("relu_forward", cuda::shapes({{"out", &out}, {"inp", &inp}}), stream_);
 }
 
 void CudaBackend::relu_backward(const Tensor& dinp, const Tensor& inp, const Tensor& dout) {
@@ -101,7 +101,7 @@ void CudaBackend::relu_backward(const Tensor& dinp, const Tensor& inp, const Ten
     relu_backward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(dinp.ptr<T>(), inp.ptr<T>(), dout.ptr<T>(),
                                                                             n);
   });
-  cuda::check_launch("relu_backward", cuda::shapes({{"dinp", &dinp}, {"inp", &inp}, {"dout", &dout}}), stream_);
+  MOM_CUDA_CHECK_LAUNCH("relu_backward", cuda::shapes({{"dinp", &dinp}, {"inp", &inp}, {"dout", &dout}}), stream_);
 }
 
 void CudaBackend::gru_cell_forward(const Tensor& s_new, const Tensor& gates, const Tensor& gx, const Tensor& gh,
@@ -114,9 +114,9 @@ void CudaBackend::gru_cell_forward(const Tensor& s_new, const Tensor& gates, con
     gru_forward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(s_new.ptr<T>(), gates.ptr<T>(), gx.ptr<T>(),
                                                                           gh.ptr<T>(), s.ptr<T>(), n / r, r);
   });
-  cuda::check_launch("gru_cell_forward",
-                     cuda::shapes({{"s_new", &s_new}, {"gates", &gates}, {"gx", &gx}, {"gh", &gh}, {"s", &s}}),
-                     stream_);
+  MOM_CUDA_CHECK_LAUNCH("gru_cell_forward",
+                        cuda::shapes({{"s_new", &s_new}, {"gates", &gates}, {"gx", &gx}, {"gh", &gh}, {"s", &s}}),
+                        stream_);
 }
 
 void CudaBackend::gru_cell_backward(const Tensor& dgx, const Tensor& dgh, const Tensor& ds, const Tensor& ds_new,
@@ -129,7 +129,7 @@ void CudaBackend::gru_cell_backward(const Tensor& dgx, const Tensor& dgh, const 
     gru_backward_kernel<<<cuda::grid_for(n), cuda::kThreads, 0, stream_>>>(
         dgx.ptr<T>(), dgh.ptr<T>(), ds.ptr<T>(), ds_new.ptr<T>(), gates.ptr<T>(), gh.ptr<T>(), s.ptr<T>(), n / r, r);
   });
-  cuda::check_launch(
+  MOM_CUDA_CHECK_LAUNCH(
       "gru_cell_backward",
       cuda::shapes(
           {{"dgx", &dgx}, {"dgh", &dgh}, {"ds", &ds}, {"ds_new", &ds_new}, {"gates", &gates}, {"gh", &gh}, {"s", &s}}),

@@ -81,10 +81,10 @@ void CudaBackend::xent_head(const Tensor& losses, const Tensor& dx, const Tensor
       gemm<T>("xent_head", false, true, R, V, C, T(1), xp + r0 * C, C, w, C, T(0), s, V);
       const unsigned grid = static_cast<unsigned>(std::min<int64_t>(R, 65535));
       xent_rows_kernel<T><<<grid, threads, 0, stream_>>>(lo + r0, s, tgt + r0, R, V, g, backward);
-      cuda::check_launch("xent_head",
-                         cuda::shapes({{"losses", &losses}, {"x", &x}, {"wte", &wte}, {"scratch", &scratch}}) +
-                             ", rows " + std::to_string(r0) + ".." + std::to_string(r0 + R),
-                         stream_);
+      MOM_CUDA_CHECK_LAUNCH("xent_head",
+                            cuda::shapes({{"losses", &losses}, {"x", &x}, {"wte", &wte}, {"scratch", &scratch}}) +
+                                ", rows " + std::to_string(r0) + ".." + std::to_string(r0 + R),
+                            stream_);
       if (backward) {
         // dx_chunk[R,C] += s[R,V]·wte[V,C]
         gemm<T>("xent_head", false, false, R, C, V, T(1), s, V, w, C, T(1), dx.ptr<T>() + r0 * C, C);
